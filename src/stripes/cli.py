@@ -1,0 +1,48 @@
+"""The `stripes` console script.
+
+Each command lives in the module that owns its logic and exposes ``main(argv) -> int``;
+this file only dispatches, importing the module lazily so that light commands (``fetch``,
+``prepare``, ``mi``) never pay for importing torch or mlflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch": ("stripes.data.fetch", "resolve and verify POP909 and the structure annotations"),
+    "prepare": ("stripes.data.prepare", "pianorolls, context streams, split and windows"),
+    "mi": ("stripes.mi", "mutual-information table (paper Table I)"),
+    "toy": ("stripes.toy", "D=2 kernel analysis (paper Figs. 2-3)"),
+    "train": ("stripes.train", "train one harmonizer from a resolved run config"),
+    "evaluate": ("stripes.evaluate", "evaluate a checkpoint on 16- and 64-bar test windows"),
+    "tune": ("stripes.tune", "Optuna study for one (PE, context)"),
+    "aggregate": ("stripes.report", "build the tables and figures of the study"),
+    "ui": ("stripes.tracking", "start the MLflow UI on 127.0.0.1 and print the runs URL"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: stripes <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `stripes <command> --help` for the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"stripes: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+# analysis stage (rules added by the issue that builds it)

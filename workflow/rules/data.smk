@@ -1,0 +1,1 @@
+# data stage (rules added by the issue that builds it)

@@ -1,0 +1,1 @@
+# train stage (rules added by the issue that builds it)
