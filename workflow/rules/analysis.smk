@@ -1,1 +1,21 @@
-# analysis stage (rules added by the issue that builds it)
+# Analysis stage: the D=2 toy kernel figure (paper Figs. 2-3, paper-spec §5.6, A22).
+# Computed through the project's PE classes (stripes.toy); no data needed.
+
+
+rule toy_kernels:
+    output:
+        png="results/figures/toy_kernels.png",
+        csv="results/figures/toy_kernels.csv",
+    params:
+        n_freqs=33,  # f in linspace(0, 1, 33) (A22)
+        seed=0,  # toy data seed (A22)
+    log:
+        "results/logs/toy_kernels.log",
+    benchmark:
+        "results/benchmarks/toy_kernels.tsv"
+    shell:
+        "stripes toy --out-png {output.png} --out-csv {output.csv}"
+        " --n-freqs {params.n_freqs} --seed {params.seed} > {log} 2>&1"
+
+
+TARGETS += rules.toy_kernels.output

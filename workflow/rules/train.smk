@@ -1,1 +1,91 @@
-# train stage (rules added by the issue that builds it)
+# train stage: one run per (pe, context, seed) with the tuned parameters, then its evaluation
+# on the 16- and 64-bar test windows. Both log live to the same MLflow run (its id is recorded
+# in results/train/{pe}/{context}/seed{seed}/mlflow_run.json).
+#
+# Failures (study.record_failures: true): a job whose training or evaluation raises writes its
+# outputs as failure records (status "failed" + the error) and exits 0, so the other runs and
+# the tables still build; the table cell shows as missing and results/tables/failures.csv lists
+# the run. Delete the record (or --forcerun the rule) to retry. With record_failures: false the
+# job fails as usual and `--keep-going` finishes the other runs (the tables then wait).
+
+
+rule resolve_run_config:
+    # results/runs/{pe}/{context}/seed{seed}/config.json: the resolved run config (run, data,
+    # model, train, eval, pe_entry) with the study's best parameters merged in.
+    input:
+        best=f"{RESULTS}/tune/{{pe}}/{{context}}/best.json",
+    output:
+        f"{RESULTS}/runs/{{pe}}/{{context}}/seed{{seed}}/config.json",
+    params:
+        config=lambda wc: as_json(run_base_config(wc.pe, wc.context, wc.seed)),
+    log:
+        f"{RESULTS}/logs/resolve_run_config/{{pe}}/{{context}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/resolve_run_config/{{pe}}/{{context}}/seed{{seed}}.tsv"
+    localrule: True
+    run:
+        from stripes.config import read_json, set_dotted, write_json
+
+        cfg = json.loads(params.config)
+        best = read_json(input.best)
+        for key, value in best["params"].items():
+            set_dotted(cfg, key, value)
+        cfg["run"]["tuned"] = {"params": best["params"], "value": best["value"], "trial": best["trial"]}
+        write_json(cfg, output[0])
+        Path(log[0]).write_text(f"tuned params {best['params']}\n")
+
+
+rule train:
+    input:
+        config=rules.resolve_run_config.output[0],
+        experiment=EXPERIMENT,
+        data=prepared_data,
+    output:
+        record=f"{RESULTS}/train/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
+    params:
+        train_dir=lambda wc: f"{RESULTS}/train/{wc.pe}/{wc.context}/seed{wc.seed}",
+        record_failures="--record-failures" if RECORD_FAILURES else "",
+    log:
+        f"{RESULTS}/logs/train/{{pe}}/{{context}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{pe}}/{{context}}/seed{{seed}}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+        " {PY} -m stripes.tracking train --config {input.config:q} --train-dir {params.train_dir:q}"
+        " --experiment {input.experiment:q} --record {output.record:q} {params.record_failures}"
+        " > {log:q} 2>&1"
+
+
+rule evaluate:
+    input:
+        config=rules.resolve_run_config.output[0],
+        train_record=rules.train.output.record,
+        experiment=EXPERIMENT,
+        data=prepared_data,
+    output:
+        metrics=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/metrics.json",
+        record=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
+    params:
+        train_dir=lambda wc: f"{RESULTS}/train/{wc.pe}/{wc.context}/seed{wc.seed}",
+        eval_dir=lambda wc: f"{RESULTS}/eval/{wc.pe}/{wc.context}/seed{wc.seed}",
+        record_failures="--record-failures" if RECORD_FAILURES else "",
+        log_samples="--log-samples" if config["mlflow"].get("log_samples", True) else "",
+    log:
+        f"{RESULTS}/logs/evaluate/{{pe}}/{{context}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{pe}}/{{context}}/seed{{seed}}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+        " {PY} -m stripes.tracking evaluate --config {input.config:q} --train-dir {params.train_dir:q}"
+        " --eval-dir {params.eval_dir:q} --train-record {input.train_record:q}"
+        " --experiment {input.experiment:q} --record {output.record:q}"
+        " {params.record_failures} {params.log_samples} > {log:q} 2>&1"
+
+
+TARGETS += run_paths("eval", "metrics.json")

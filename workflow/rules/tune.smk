@@ -1,1 +1,77 @@
-# tune stage (rules added by the issue that builds it)
+# tune stage: one Optuna study per unique (pe, context) of the study's tables (stripes.tune).
+# Trials are serial inside a job; parallelism comes from running many studies at once.
+# The study journal is an output of its own job (never shared between jobs).
+
+
+rule mlflow_init:
+    # Creates the SQLite DB (all schema migrations) and the experiment BEFORE any parallel job
+    # writes to it (design.md §3: a fresh DB hit by parallel jobs breaks). Every tracked job
+    # takes experiment.json as input and reads the experiment id from it.
+    output:
+        EXPERIMENT,
+    params:
+        tracking_uri=config["mlflow"]["tracking_uri"],
+        artifact_root=config["mlflow"]["artifact_root"],
+        experiment=config["mlflow"]["experiment"],
+    log:
+        f"{RESULTS}/logs/mlflow_init.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/mlflow_init.tsv"
+    shell:
+        "{PY} -m stripes.tracking init --tracking-uri {params.tracking_uri:q}"
+        " --artifact-root {params.artifact_root:q} --experiment {params.experiment:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule tune_config:
+    # The study's resolved run config and tuning spec, passed to the tune job as files (so every
+    # setting the job uses reaches it through params: and triggers a rerun when it changes).
+    output:
+        config=f"{RESULTS}/tune/{{pe}}/{{context}}/config.json",
+        spec=f"{RESULTS}/tune/{{pe}}/{{context}}/spec.json",
+    params:
+        config=lambda wc: as_json(tune_base_config(wc.pe, wc.context)),
+        spec=as_json(config.get("tune", {})),
+    log:
+        f"{RESULTS}/logs/tune_config/{{pe}}/{{context}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tune_config/{{pe}}/{{context}}.tsv"
+    localrule: True
+    run:
+        from stripes.config import write_json
+
+        write_json(json.loads(params.config), output.config)
+        write_json(json.loads(params.spec), output.spec)
+        Path(log[0]).write_text(f"wrote {output.config} and {output.spec}\n")
+
+
+rule tune:
+    # Resumable: the working journal results/tune/{pe}/{context}/work/study.journal survives a
+    # failed or killed job; a rerun counts the finished trials and runs only the missing ones.
+    input:
+        config=rules.tune_config.output.config,
+        spec=rules.tune_config.output.spec,
+        experiment=EXPERIMENT,
+        data=prepared_data,
+    output:
+        journal=f"{RESULTS}/tune/{{pe}}/{{context}}/study.journal",
+        best=f"{RESULTS}/tune/{{pe}}/{{context}}/best.json",
+        trials=f"{RESULTS}/tune/{{pe}}/{{context}}/trials.csv",
+        record=f"{RESULTS}/tune/{{pe}}/{{context}}/mlflow_run.json",
+    params:
+        out=lambda wc: f"{RESULTS}/tune/{wc.pe}/{wc.context}",
+    log:
+        f"{RESULTS}/logs/tune/{{pe}}/{{context}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tune/{{pe}}/{{context}}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+        " {PY} -m stripes.cli tune --config {input.config:q} --spec {input.spec:q}"
+        " --pe {wildcards.pe} --context {wildcards.context} --out {params.out:q}"
+        " --experiment {input.experiment:q} --run-record {output.record:q} > {log:q} 2>&1"
+
+
+TARGETS += [f"{RESULTS}/tune/{pe}/{ctx}/best.json" for pe, ctx in PAIRS]

@@ -1,0 +1,198 @@
+"""FAVOR+ random features, causal linear attention (reference + chunked) and exact attention.
+
+Shapes (head-major, unlike fast-transformers' (B,T,H,D)): q, k (B,H,T,D_in), v (B,H,T,D_v),
+features phi(q), phi(k) (B,H,T,m_f), outputs (B,H,T,D_v). Spec: paper-spec §3.2, A11.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EPS = 1e-6
+
+
+# ---------------------------------------------------------------------------------------- FAVOR+
+def draw_orthogonal_features(
+    d_in: int, n_features: int, generator: torch.Generator | None = None, dtype=torch.float64
+) -> Tensor:
+    """Omega (d_in, n_features // 2): orthogonal blocks of d_in columns, column norms ~ chi(d_in).
+
+    Drawn on the CPU (from ``generator``, or torch's global CPU RNG when None) so that a seed gives
+    the same matrix on every device; the caller moves it.
+    """
+    half = n_features // 2
+    blocks = []
+    for _ in range(math.ceil(half / d_in)):
+        g = torch.randn(d_in, d_in, generator=generator, dtype=dtype)
+        q, r = torch.linalg.qr(g)
+        # sign fix makes Q Haar-distributed instead of biased by the QR convention
+        blocks.append(q * torch.sign(torch.diagonal(r)).unsqueeze(0))
+    omega = torch.cat(blocks, dim=1)[:, :half]
+    norms = torch.randn(d_in, half, generator=generator, dtype=dtype).norm(dim=0)
+    return omega * norms.unsqueeze(0)
+
+
+def favor_features(x: Tensor, omega: Tensor, stabilize: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Positive random features phi(x) (..., m_f) for the softmax kernel exp(x.y / sqrt(D_in)).
+
+    x is rescaled by tau^(1/2), tau = 1/sqrt(D_in). The exponent is formed before one exp, so no
+    intermediate over/underflows. With ``stabilize`` each row is divided by exp(max exponent); the
+    returned log-shift (..., ) lets the caller rescale epsilon so the attention output is unchanged.
+    """
+    d_in = x.shape[-1]
+    m_f = 2 * omega.shape[-1]
+    x = x * d_in**-0.25
+    u = x @ omega
+    norm = 0.5 * (x * x).sum(-1, keepdim=True) + 0.5 * math.log(m_f)
+    expo = torch.cat([u - norm, -u - norm], dim=-1)
+    if not stabilize:
+        return torch.exp(expo), None
+    shift = expo.amax(-1, keepdim=True).detach()
+    return torch.exp(expo - shift), shift.squeeze(-1)
+
+
+class FavorFeatureMap(nn.Module):
+    """FAVOR+ for one attention layer: fresh Omega every training forward (global RNG, so
+    ``torch.manual_seed`` reproduces a run), one fixed draw from ``seed`` in eval mode (cached per
+    device/dtype; it never touches the global RNG)."""
+
+    def __init__(self, d_in: int, n_features: int = 128, seed: int = 0):
+        super().__init__()
+        if n_features % 2:
+            raise ValueError(f"n_features must be even, got {n_features}")
+        self.d_in, self.n_features, self.seed = d_in, n_features, seed
+        self._cache: dict[tuple, Tensor] = {}
+
+    def omega(self, device, dtype) -> Tensor:
+        if self.training:
+            return draw_orthogonal_features(self.d_in, self.n_features).to(device=device, dtype=dtype)
+        key = (str(device), dtype)
+        if key not in self._cache:
+            gen = torch.Generator().manual_seed(self.seed)
+            self._cache[key] = draw_orthogonal_features(self.d_in, self.n_features, gen).to(device, dtype)
+        return self._cache[key]
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        omega = self.omega(q.device, q.dtype)
+        # queries only: a per-row shift is causal-safe (it is undone through epsilon below);
+        # a key-side shift would have to look at future keys
+        phi_q, shift = favor_features(q, omega, stabilize=True)
+        phi_k, _ = favor_features(k, omega)
+        eps = EPS * torch.exp(-shift)
+        return phi_q, phi_k, eps
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, n_features={self.n_features}, seed={self.seed}"
+
+
+# ------------------------------------------------------------------------- causal linear attention
+def _eps_like(eps, ref: Tensor) -> Tensor:
+    """epsilon as (B,H,T) or a broadcastable scalar."""
+    if isinstance(eps, Tensor):
+        return eps.to(ref.dtype)
+    return torch.full((), float(eps), dtype=ref.dtype, device=ref.device)
+
+
+def causal_linear_attention_reference(phi_q: Tensor, phi_k: Tensor, v: Tensor, eps=EPS) -> Tensor:
+    """Explicit masked form: (phi_q phi_k^T ⊙ tril) v / (row sum + eps). O(T^2) memory."""
+    t = phi_q.shape[-2]
+    a = phi_q @ phi_k.transpose(-1, -2)
+    a = a * torch.ones(t, t, dtype=torch.bool, device=a.device).tril()
+    den = a.sum(-1) + _eps_like(eps, a)
+    return (a @ v) / den.unsqueeze(-1)
+
+
+def _causal_numerator(q: Tensor, k: Tensor, v: Tensor, chunk: int, reverse: bool = False) -> Tensor:
+    """out_m = sum_{n<=m} (q_m.k_n) v_n  (or n>=m when reverse), chunk by chunk.
+
+    Intra-chunk: masked C x C product. Inter-chunk: a running (d_k, d_v) state, updated in place,
+    so memory is O(B H (T (d_k + d_v) + C^2 + d_k d_v)). No autograd graph is expected here.
+    """
+    t = q.shape[-2]
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)
+    state = torch.zeros(*q.shape[:-2], q.shape[-1], v.shape[-1], dtype=v.dtype, device=v.device)
+    starts = range(0, t, chunk)
+    if reverse:
+        starts = reversed(list(starts))
+    masks: dict[int, Tensor] = {}
+    for s in starts:
+        e = min(s + chunk, t)
+        c = e - s
+        if c not in masks:
+            ones = torch.ones(c, c, dtype=torch.bool, device=q.device)
+            masks[c] = ones.triu() if reverse else ones.tril()
+        qc, kc, vc = q[..., s:e, :], k[..., s:e, :], v[..., s:e, :]
+        a = (qc @ kc.transpose(-1, -2)).masked_fill_(~masks[c], 0)
+        out[..., s:e, :] = (a @ vc).add_(qc @ state)
+        state.add_(kc.transpose(-1, -2) @ vc)
+    return out
+
+
+class _ChunkedCausalLinearAttention(torch.autograd.Function):
+    """Forward and backward by chunked causal/anti-causal passes over [v, 1].
+
+    With v' = [v, 1] and N' = causal numerator on v' = [num, den - eps], y = num / den, the
+    gradients are again (anti-)causal numerators: g' = [gy/den, -(gy.y)/den],
+    d phi_q_m = sum_{n<=m} (g'_m.v'_n) k_n, d phi_k_n = sum_{m>=n} (v'_n.g'_m) q_m,
+    d v_n = sum_{m>=n} (k_n.q_m) g_m. Only the inputs and (y, den) are saved: nothing O(T m_f D).
+    """
+
+    @staticmethod
+    def forward(ctx, phi_q, phi_k, v, eps, chunk):
+        ones = torch.ones(*v.shape[:-1], 1, dtype=v.dtype, device=v.device)
+        vp = torch.cat([v, ones], dim=-1)
+        n = _causal_numerator(phi_q, phi_k, vp, chunk)
+        den = n[..., -1] + eps
+        y = n[..., :-1] / den.unsqueeze(-1)
+        ctx.save_for_backward(phi_q, phi_k, vp, y, den)
+        ctx.chunk = chunk
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        phi_q, phi_k, vp, y, den = ctx.saved_tensors
+        chunk = ctx.chunk
+        g_num = gy / den.unsqueeze(-1)
+        g_den = -(g_num * y).sum(-1, keepdim=True)
+        gp = torch.cat([g_num, g_den], dim=-1)
+        g_q = g_k = g_v = g_eps = None
+        if ctx.needs_input_grad[0]:
+            g_q = _causal_numerator(gp, vp, phi_k, chunk)
+        if ctx.needs_input_grad[1]:
+            g_k = _causal_numerator(vp, gp, phi_q, chunk, reverse=True)
+        if ctx.needs_input_grad[2]:
+            g_v = _causal_numerator(phi_k, phi_q, g_num, chunk, reverse=True)
+        if ctx.needs_input_grad[3]:
+            g_eps = g_den.squeeze(-1)
+        return g_q, g_k, g_v, g_eps, None
+
+
+def causal_linear_attention_chunked(phi_q: Tensor, phi_k: Tensor, v: Tensor, eps=EPS, chunk_size: int = 128) -> Tensor:
+    """Same result as the reference; memory linear in T. eps: scalar or (B,H,T)."""
+    eps_t = _eps_like(eps, phi_q).expand(phi_q.shape[:-1])
+    if not eps_t.requires_grad:
+        eps_t = eps_t.detach()
+    return _ChunkedCausalLinearAttention.apply(phi_q, phi_k, v, eps_t, int(chunk_size))
+
+
+def causal_linear_attention(phi_q, phi_k, v, eps=EPS, impl: str = "chunked", chunk_size: int = 128) -> Tensor:
+    if impl == "chunked":
+        return causal_linear_attention_chunked(phi_q, phi_k, v, eps, chunk_size)
+    if impl == "reference":
+        return causal_linear_attention_reference(phi_q, phi_k, v, eps)
+    raise ValueError(f"unknown linear attention impl {impl!r}; use 'chunked' or 'reference'")
+
+
+# --------------------------------------------------------------------------------- exact attention
+def exact_causal_attention(q: Tensor, k: Tensor, v: Tensor, logit_bias: Tensor | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(D) + bias + causal mask) v via SDPA. bias (B,H,T,T) is added as is."""
+    if logit_bias is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    t = q.shape[-2]
+    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+    mask = logit_bias.to(q.dtype).masked_fill(future, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -1,0 +1,144 @@
+"""Binarisation of predicted piano probabilities and its selection on validation (spec §5.1, A16).
+
+Two strategies:
+
+* ``threshold``: ``y = [prob >= tau]``.
+* ``merge``: threshold, then in every pitch row fill each gap of at most ``gap`` silent frames
+  that lies **between two active frames** of that row (leading and trailing silence is never
+  filled).
+
+A candidate is ``(strategy, threshold, gap)`` (gap 0 for ``threshold``). The grid is every
+threshold alone plus every (threshold, gap) pair with merge, in that order. :func:`select`
+picks the candidate with the highest mean validation CS; ties (equal after rounding to 1e-9)
+go to the higher mean GS, then to the earlier candidate in grid order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+DEFAULT_THRESHOLDS = (0.2, 0.4, 0.5, 0.6, 0.8)
+DEFAULT_GAPS = (2, 4, 6, 8, 10, 12, 14)
+STRATEGIES = ("threshold", "merge")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    strategy: str  # "threshold" or "merge"
+    threshold: float
+    gap: int = 0
+
+    def apply(self, prob: np.ndarray) -> np.ndarray:
+        return binarize(prob, self.strategy, self.threshold, self.gap)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def threshold(prob: np.ndarray, tau: float) -> np.ndarray:
+    """``prob >= tau`` as a bool array of the same shape."""
+    return np.asarray(prob) >= tau
+
+
+def merge_gaps(roll: np.ndarray, gap: int, axis: int = -2) -> np.ndarray:
+    """Fill every run of at most ``gap`` silent frames enclosed by active frames of the same pitch.
+
+    Args:
+        roll: binary array; time along ``axis`` (default -2, i.e. (..., T, P)).
+        gap: longest gap (in frames) to fill; ``gap <= 0`` returns a copy.
+
+    Returns:
+        bool array of the same shape.
+
+    A silent frame t of pitch p is filled when the previous active frame a < t and the next
+    active frame b > t exist and the gap between them, ``b - a - 1``, is at most ``gap``.
+    """
+    x = np.moveaxis(np.asarray(roll) > 0, axis, -1)
+    if gap <= 0:
+        return np.moveaxis(x.copy(), -1, axis)
+    t = x.shape[-1]
+    idx = np.arange(t, dtype=np.int64)
+    # last active index at or before t (-1 if none); next active index at or after t (t if none)
+    prev = np.maximum.accumulate(np.where(x, idx, -1), axis=-1)
+    nxt = np.minimum.accumulate(np.where(x, idx, t)[..., ::-1], axis=-1)[..., ::-1]
+    fill = (~x) & (prev >= 0) & (nxt < t) & (nxt - prev - 1 <= gap)
+    return np.moveaxis(x | fill, -1, axis)
+
+
+def binarize(prob: np.ndarray, strategy: str, tau: float, gap: int = 0) -> np.ndarray:
+    """Apply one strategy to probabilities (..., T, P) -> bool (..., T, P)."""
+    if strategy == "threshold":
+        return threshold(prob, tau)
+    if strategy == "merge":
+        return merge_gaps(threshold(prob, tau), gap)
+    raise ValueError(f"unknown binarisation strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+
+
+def candidates(
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    gaps: Sequence[int] = DEFAULT_GAPS,
+    strategies: Sequence[str] = STRATEGIES,
+) -> list[Candidate]:
+    """The candidate grid in selection order (threshold first, then merge; ascending tau, gap)."""
+    out: list[Candidate] = []
+    for s in strategies:
+        if s not in STRATEGIES:
+            raise ValueError(f"unknown binarisation strategy {s!r}; known: {', '.join(STRATEGIES)}")
+    if "threshold" in strategies:
+        out += [Candidate("threshold", float(t), 0) for t in thresholds]
+    if "merge" in strategies:
+        out += [Candidate("merge", float(t), int(g)) for t in thresholds for g in gaps]
+    if not out:
+        raise ValueError("empty binarisation grid")
+    return out
+
+
+def _key(mean_cs: float, mean_gs: float) -> tuple[float, float]:
+    return (round(float(mean_cs), 9), round(float(mean_gs), 9))
+
+
+def select(scores: Sequence[dict]) -> int:
+    """Index of the best candidate: highest ``cs``, ties by ``gs``, then the earliest.
+
+    Args:
+        scores: one dict per candidate (grid order) with mean validation ``cs`` and ``gs``.
+    """
+    best = 0
+    for i, s in enumerate(scores):
+        if _key(s["cs"], s["gs"]) > _key(scores[best]["cs"], scores[best]["gs"]):
+            best = i
+    return best
+
+
+def evaluate_grid(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    grid: Sequence[Candidate],
+    metric_fn: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]],
+) -> list[dict[str, float]]:
+    """Mean metrics of every candidate over all windows.
+
+    Args:
+        batches: iterable of (prob (N, T, P), target (N, T, P)) chunks; iterated once.
+        grid: the candidates.
+        metric_fn: (pred, target) -> dict of per-window arrays (e.g. metrics.compute_metrics).
+
+    Returns:
+        one dict per candidate: metric name -> mean over windows, plus ``n_windows``.
+    """
+    sums: list[dict[str, float]] = [dict() for _ in grid]
+    n = 0
+    for prob, tgt in batches:
+        n += len(prob)
+        for acc, cand in zip(sums, grid):
+            for k, v in metric_fn(cand.apply(prob), tgt).items():
+                acc[k] = acc.get(k, 0.0) + float(np.sum(v))
+    return [{**{k: v / max(n, 1) for k, v in acc.items()}, "n_windows": n} for acc in sums]
+
+
+def iter_chunks(prob: np.ndarray, tgt: np.ndarray, size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Split (N, T, P) arrays into chunks of ``size`` windows."""
+    for i in range(0, len(prob), size):
+        yield prob[i : i + size], tgt[i : i + size]

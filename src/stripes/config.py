@@ -1,0 +1,565 @@
+"""Study configuration: load, validate, plan, resolve per-run configs, hash.
+
+``config/config.yaml`` (plus overlays such as ``config/smoke.yaml``) describes the whole study.
+This module is imported by ``workflow/rules/common.smk`` when the DAG is built, so every check
+here runs at ``snakemake -n``: a broken entry fails before any job starts, with a message that
+names the entry.
+
+Two layers of checks:
+
+* the JSON schema ``workflow/schemas/config.schema.yaml`` (closed objects, types, enums);
+* :func:`check_study`: what a schema cannot express (the PE exists in the registry, its class
+  lies under the ``stripes.pe`` allow-list and its kwargs bind, the context exists, the PE accepts
+  the context, tables name known seed sets / tables / settings, the tuning space is coherent).
+
+:func:`plan_study` turns the ``tables`` section into the unique (pe, context) pairs to tune and
+the (pe, context, seed) runs to train. Light imports only (no torch, no mlflow) except where a PE
+class has to be imported to check it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import inspect
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")  # lowercase snake_case, no "__", no "/"
+PE_ALLOW_PREFIX = "stripes.pe."
+SETTINGS = {"test_16": "Train 16 / Test 16", "test_64": "Train 16 / Test 64"}
+METRICS = {"cs": "max", "ssmd": "min", "gs": "max", "ndd": "min"}  # direction of "better"
+RUN_SECTIONS = ("data", "model", "train", "eval")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names every offending entry."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Merge like Snakemake's ``--configfile`` overlays: dicts recursively, everything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(*paths: str | Path, validate: bool = True) -> dict:
+    """Load ``config/config.yaml`` (default) and overlays in order; optionally validate."""
+    paths = paths or (DEFAULT_CONFIG,)
+    cfg: dict = {}
+    for p in paths:
+        with open(p) as fh:
+            cfg = deep_merge(cfg, yaml.safe_load(fh) or {})
+    if validate:
+        validate_schema(cfg)
+        check_study(cfg)
+    return cfg
+
+
+def validate_schema(cfg: dict, schema_path: str | Path = SCHEMA) -> None:
+    """JSON-schema validation with a message naming the path of every error."""
+    import jsonschema
+
+    with open(schema_path) as fh:
+        schema = yaml.safe_load(fh)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+        raise ConfigError("config does not match workflow/schemas/config.schema.yaml:\n" + "\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- PE registry
+
+
+def load_pe_registry(cfg: dict, root: str | Path | None = None) -> dict:
+    """The raw PE registry (``config/pe.yaml`` by default): name -> entry dict."""
+    path = Path(cfg.get("pe_registry", "config/pe.yaml"))
+    if not path.is_absolute():
+        path = Path(root or Path.cwd()) / path
+        if not path.exists():
+            path = ROOT / cfg.get("pe_registry", "config/pe.yaml")
+    if not path.exists():
+        raise ConfigError(f"pe_registry: file {path} not found")
+    with open(path) as fh:
+        reg = yaml.safe_load(fh) or {}
+    # tolerate a top-level wrapper key ({pes: {...}}) as well as a flat mapping
+    if set(reg) == {"pes"} and isinstance(reg["pes"], dict):
+        reg = reg["pes"]
+    return reg
+
+
+def _import_pe_class(name: str, entry: dict):
+    cls_path = entry.get("class")
+    if not isinstance(cls_path, str) or not cls_path.startswith(PE_ALLOW_PREFIX):
+        raise ConfigError(
+            f"pe_registry entry {name!r}: class {cls_path!r} is outside the allow-list "
+            f"(must start with {PE_ALLOW_PREFIX!r})"
+        )
+    module_name, _, attr = cls_path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"pe_registry entry {name!r}: cannot import class {cls_path!r} ({exc})") from None
+    try:
+        from stripes.pe import PositionalEncoding  # the PE engineer's base class
+    except ImportError:  # pragma: no cover - only while stripes.pe is being written
+        PositionalEncoding = None
+    if PositionalEncoding is not None and not (inspect.isclass(cls) and issubclass(cls, PositionalEncoding)):
+        raise ConfigError(f"pe_registry entry {name!r}: {cls_path} is not a subclass of stripes.pe.PositionalEncoding")
+    return cls
+
+
+def _builder_supplied_args() -> set[str]:
+    """Constructor arguments that ``build_pe`` supplies itself (not written in the registry)."""
+    try:
+        from stripes import pe as pe_pkg
+
+        supplied = getattr(pe_pkg, "BUILDER_ARGS", None)
+        if supplied:
+            return set(supplied)
+    except ImportError:  # pragma: no cover
+        pass
+    return {"context_dim", "regular_grid", "n_heads", "head_dim", "d_model", "n_layers", "n_features", "max_len"}
+
+
+def check_pe_entry(name: str, entry: Any) -> type:
+    """Check one registry entry: name, closed keys, class allow-list and import, kwargs binding."""
+    if not NAME_RE.match(str(name)):
+        raise ConfigError(f"pe_registry entry {name!r}: bad name (lowercase snake_case, no '__', no '/')")
+    if not isinstance(entry, dict):
+        raise ConfigError(f"pe_registry entry {name!r}: must be a mapping with class, kwargs, description")
+    stray = set(entry) - {"class", "kwargs", "description", "reference"}
+    if stray:
+        raise ConfigError(f"pe_registry entry {name!r}: unknown key(s) {sorted(stray)}")
+    cls = _import_pe_class(name, entry)
+    kwargs = entry.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"pe_registry entry {name!r}: kwargs must be a mapping")
+    sig = inspect.signature(cls.__init__)
+    params = [p for p in sig.parameters.values() if p.name != "self"]
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(set(kwargs) - names) if not has_var_kw else []
+    if unknown:
+        raise ConfigError(f"pe_registry entry {name!r}: unknown kwarg(s) {unknown} for {entry['class']}")
+    supplied = set(getattr(cls, "STRUCTURAL", ())) or _builder_supplied_args()
+    missing = sorted(
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.default is p.empty
+        and p.name not in kwargs
+        and p.name not in supplied
+    )
+    if missing:
+        raise ConfigError(f"pe_registry entry {name!r}: missing kwarg(s) {missing} for {entry['class']}")
+    return cls
+
+
+def pe_accepts(cls: type, context) -> bool:
+    accepts = getattr(cls, "accepts", None)
+    if accepts is None:
+        return True
+    return bool(accepts(context.dim, context.regular_grid))
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (pe, context) row of a table; ``settings`` restricts the evaluated settings."""
+
+    pe: str
+    context: str
+    settings: tuple[str, ...] = tuple(SETTINGS)
+
+
+@dataclass
+class TableSpec:
+    name: str
+    kind: str
+    caption: str
+    seeds: list[int]
+    ssmd_scale: int
+    reference: str | None
+    rows: list[Row] = field(default_factory=list)  # fixed rows
+    best_of: list[tuple[str, str]] = field(default_factory=list)  # (source table, context)
+    select: dict = field(default_factory=dict)
+    contexts: list[str] = field(default_factory=list)  # row-group order
+    group_by: str = "context"  # significance groups: per context, or "none" (whole table)
+
+    def candidate_rows(self, tables: dict[str, "TableSpec"]) -> list[Row]:
+        """Every row whose runs this table reads (fixed rows + candidates of best_of groups)."""
+        rows = list(self.rows)
+        for src, ctx in self.best_of:
+            rows += [r for r in tables[src].all_rows(tables) if r.context == ctx and r not in rows]
+        return rows
+
+    def all_rows(self, tables: dict[str, "TableSpec"]) -> list[Row]:
+        return self.candidate_rows(tables)
+
+
+@dataclass
+class StudyPlan:
+    tables: dict[str, TableSpec]
+    pairs: list[tuple[str, str]]  # unique (pe, context), tuned once, shared by tables
+    seeds: dict[tuple[str, str], list[int]]  # seeds per pair (union over tables)
+    settings: dict[tuple[str, str], list[str]]  # evaluated settings per pair (union)
+
+    @property
+    def runs(self) -> list[tuple[str, str, int]]:
+        return [(pe, ctx, s) for pe, ctx in self.pairs for s in self.seeds[(pe, ctx)]]
+
+    @property
+    def metric_tables(self) -> list[str]:
+        return [n for n, t in self.tables.items() if t.kind == "metrics"]
+
+    def table_runs(self, name: str) -> list[tuple[str, str, int]]:
+        t = self.tables[name]
+        out = []
+        for r in t.candidate_rows(self.tables):
+            out += [(r.pe, r.context, s) for s in t.seeds]
+        return out
+
+
+def _as_list(v) -> list:
+    if v is None:
+        return []
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def plan_study(cfg: dict) -> StudyPlan:
+    """Expand the ``tables`` section into tables, unique pairs, seeds and settings (no checks)."""
+    study = cfg.get("study", {})
+    seed_sets = study.get("seeds", {})
+    tables: dict[str, TableSpec] = {}
+    for name, spec in (cfg.get("tables") or {}).items():
+        kind = spec.get("kind", "metrics")
+        seeds_key = spec.get("seeds")
+        seeds = list(seed_sets.get(seeds_key, [])) if isinstance(seeds_key, str) else _as_list(seeds_key)
+        t = TableSpec(
+            name=name,
+            kind=kind,
+            caption=spec.get("caption", name),
+            seeds=[int(s) for s in seeds],
+            ssmd_scale=int(spec.get("ssmd_scale", 50)),
+            reference=spec.get("reference"),
+            select=dict(spec.get("select") or {}),
+            group_by=spec.get("group_by", "context"),
+        )
+        for row in spec.get("rows") or []:
+            contexts = _as_list(row.get("context")) + _as_list(row.get("contexts"))
+            settings = tuple(row.get("settings") or SETTINGS)
+            for ctx in contexts:
+                if ctx not in t.contexts:
+                    t.contexts.append(ctx)
+            if "best_of" in row:
+                t.best_of += [(row["best_of"], ctx) for ctx in contexts]
+                continue
+            for pe in _as_list(row.get("pe")) + _as_list(row.get("pes")):
+                for ctx in contexts:
+                    r = Row(pe, ctx, settings)
+                    if r not in t.rows:
+                        t.rows.append(r)
+        if kind == "mutual_information":
+            t.contexts = _as_list(spec.get("contexts")) or t.contexts
+        tables[name] = t
+
+    pairs: list[tuple[str, str]] = []
+    seeds: dict[tuple[str, str], set[int]] = {}
+    settings: dict[tuple[str, str], set[str]] = {}
+    for t in tables.values():
+        if t.kind != "metrics":
+            continue
+        for r in t.candidate_rows(tables):  # best_of candidates: rows of their source table
+            key = (r.pe, r.context)
+            if key not in pairs:
+                pairs.append(key)
+            seeds.setdefault(key, set()).update(t.seeds)
+            settings.setdefault(key, set()).update(r.settings)
+    pairs.sort()
+    return StudyPlan(
+        tables=tables,
+        pairs=pairs,
+        seeds={k: sorted(v) for k, v in seeds.items()},
+        settings={k: [s for s in SETTINGS if s in v] for k, v in settings.items()},
+    )
+
+
+def report_spec(cfg: dict, plan: StudyPlan | None = None, results: str = "results") -> dict:
+    """The JSON spec read by ``stripes aggregate`` (passed through the DAG as a file)."""
+    plan = plan or plan_study(cfg)
+    tables = {}
+    for name, t in plan.tables.items():
+        refs = t.reference
+        tables[name] = {
+            "kind": t.kind,
+            "caption": t.caption,
+            "seeds": t.seeds,
+            "ssmd_scale": t.ssmd_scale,
+            "reference": [refs] if isinstance(refs, str) else list(refs or []),
+            "select": t.select,
+            "group_by": t.group_by,
+            "contexts": list(t.contexts),
+            "rows": [{"pe": r.pe, "context": r.context, "settings": list(r.settings)} for r in t.rows],
+            "best_of": [list(b) for b in t.best_of],
+        }
+    study = cfg.get("study", {})
+    return {
+        "tables": tables,
+        "runs": [list(r) for r in plan.runs],
+        "runs_root": f"{results}/eval",
+        "mi_table": f"{results}/tables/mutual_information.csv",
+        "mi_figure": study.get("mi_figure") or {},
+        "reference_csv": f"{results}/reference/paper_tables.csv",
+    }
+
+
+# ----------------------------------------------------------------------------- cross-checks
+
+
+def check_study(cfg: dict, registry: dict | None = None, root: str | Path | None = None) -> StudyPlan:
+    """Cross-checks that the JSON schema cannot express. Raises ConfigError naming every entry."""
+    from stripes.contexts import CONTEXTS
+
+    errors: list[str] = []
+    if registry is None:
+        try:
+            registry = load_pe_registry(cfg, root)
+        except ConfigError as exc:
+            raise ConfigError(str(exc)) from None
+
+    study = cfg.get("study", {})
+    seed_sets = study.get("seeds", {})
+    for name, seeds in seed_sets.items():
+        if len(set(seeds)) != len(seeds):
+            errors.append(f"study.seeds.{name}: duplicate seeds {seeds}")
+
+    tables_cfg = cfg.get("tables") or {}
+    pe_classes: dict[str, type] = {}
+    pe_errors: dict[str, str] = {}
+
+    def pe_class(pe: str):
+        if pe in pe_classes:
+            return pe_classes[pe]
+        if pe in pe_errors:
+            return None
+        try:
+            pe_classes[pe] = check_pe_entry(pe, registry[pe])
+            return pe_classes[pe]
+        except ConfigError as exc:
+            pe_errors[pe] = str(exc)
+            errors.append(str(exc))
+            return None
+
+    # every registry entry is checked (a broken entry fails even before a table names it)
+    for pe in registry:
+        pe_class(pe)
+
+    for tname, spec in tables_cfg.items():
+        where = f"tables.{tname}"
+        if not NAME_RE.match(tname):
+            errors.append(f"{where}: bad table name (lowercase snake_case)")
+        kind = spec.get("kind", "metrics")
+        seeds_key = spec.get("seeds")
+        if kind == "metrics":
+            if isinstance(seeds_key, str) and seeds_key not in seed_sets:
+                errors.append(f"{where}.seeds: unknown seed set {seeds_key!r} (study.seeds has {sorted(seed_sets)})")
+            if seeds_key is None:
+                errors.append(f"{where}.seeds: missing (name a set of study.seeds)")
+            if not spec.get("rows"):
+                errors.append(f"{where}.rows: a metrics table needs rows")
+        sel = spec.get("select") or {}
+        if sel.get("setting") and sel["setting"] not in SETTINGS:
+            errors.append(f"{where}.select.setting: unknown setting {sel['setting']!r}")
+        for ctx in _as_list(spec.get("contexts")):
+            if ctx not in CONTEXTS:
+                errors.append(f"{where}.contexts: unknown context {ctx!r} (known: {', '.join(CONTEXTS)})")
+        for i, row in enumerate(spec.get("rows") or []):
+            rw = f"{where}.rows[{i}]"
+            pes = _as_list(row.get("pe")) + _as_list(row.get("pes"))
+            contexts = _as_list(row.get("context")) + _as_list(row.get("contexts"))
+            has_best = "best_of" in row
+            if has_best == bool(pes):
+                errors.append(f"{rw}: give exactly one of pe/pes or best_of")
+            if not contexts:
+                errors.append(f"{rw}: give context or contexts")
+            for s in row.get("settings") or []:
+                if s not in SETTINGS:
+                    errors.append(f"{rw}.settings: unknown setting {s!r} (known: {', '.join(SETTINGS)})")
+            for ctx in contexts:
+                if ctx not in CONTEXTS:
+                    errors.append(f"{rw}: unknown context {ctx!r} (known: {', '.join(CONTEXTS)})")
+            if has_best:
+                src = row["best_of"]
+                if src not in tables_cfg:
+                    errors.append(f"{rw}.best_of: unknown table {src!r}")
+                elif src == tname:
+                    errors.append(f"{rw}.best_of: a table cannot select from itself")
+                elif (tables_cfg[src].get("kind", "metrics")) != "metrics":
+                    errors.append(f"{rw}.best_of: table {src!r} is not a metrics table")
+                else:
+                    src_ctx = set()
+                    for r in tables_cfg[src].get("rows") or []:
+                        src_ctx.update(_as_list(r.get("context")) + _as_list(r.get("contexts")))
+                    for ctx in contexts:
+                        if ctx in CONTEXTS and ctx not in src_ctx:
+                            errors.append(f"{rw}.best_of: table {src!r} has no rows for context {ctx!r}")
+                if not sel.get("metric"):
+                    pass  # defaults apply (cs on test_16)
+            for pe in pes:
+                if pe not in registry:
+                    errors.append(f"{rw}: unknown PE {pe!r} (registry {cfg.get('pe_registry')} has: {', '.join(registry)})")
+                    continue
+                cls = pe_class(pe)
+                if cls is None:
+                    continue
+                for ctx in contexts:
+                    if ctx in CONTEXTS and not pe_accepts(cls, CONTEXTS[ctx]):
+                        c = CONTEXTS[ctx]
+                        errors.append(
+                            f"{rw}: PE {pe!r} cannot take context {ctx!r} "
+                            f"(dim={c.dim}, regular_grid={c.regular_grid}; {registry[pe]['class']}.accepts is False)"
+                        )
+        if sel.get("metric") and sel["metric"] not in METRICS:
+            errors.append(f"{where}.select.metric: unknown metric {sel['metric']!r}")
+
+    fig = study.get("mi_figure") or {}
+    if fig.get("table") and fig["table"] not in tables_cfg:
+        errors.append(f"study.mi_figure.table: unknown table {fig['table']!r}")
+
+    errors += _check_tune(cfg.get("tune") or {})
+    if errors:
+        # unique, in order
+        seen: list[str] = []
+        for e in errors:
+            if e not in seen:
+                seen.append(e)
+        raise ConfigError("invalid study configuration:\n" + "\n".join(f"  {e}" for e in seen))
+    return plan_study(cfg)
+
+
+def _check_tune(tune: dict) -> list[str]:
+    errors = []
+    space = tune.get("space") or {}
+    for key, spec in space.items():
+        head = key.split(".", 1)[0]
+        if head not in RUN_SECTIONS or "." not in key:
+            errors.append(f"tune.space.{key}: parameter must be a dotted path into {'/'.join(RUN_SECTIONS)} (e.g. train.lr)")
+        if spec.get("type") in ("float", "int") and spec.get("low", 0) > spec.get("high", 0):
+            errors.append(f"tune.space.{key}: low > high")
+        if tune.get("sampler", "grid") == "grid" and spec.get("type") != "categorical":
+            errors.append(f"tune.space.{key}: the grid sampler needs categorical choices")
+    for key in (tune.get("overrides") or {}):
+        if key.split(".", 1)[0] not in RUN_SECTIONS or "." not in key:
+            errors.append(f"tune.overrides.{key}: must be a dotted path into {'/'.join(RUN_SECTIONS)}")
+    return errors
+
+
+# ----------------------------------------------------------------------------- run configs
+
+
+def set_dotted(cfg: dict, path: str, value) -> None:
+    node = cfg
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def get_dotted(cfg: dict, path: str, default=None):
+    node = cfg
+    for p in path.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return default
+        node = node[p]
+    return node
+
+
+def resolve_run_config(
+    cfg: dict,
+    pe: str,
+    context: str,
+    seed: int,
+    stage: str = "train",
+    registry: dict | None = None,
+    overrides: dict | None = None,
+    settings: Iterable[str] | None = None,
+) -> dict:
+    """The resolved per-run config (architecture.md): run, data, model, train, eval, pe_entry."""
+    registry = registry if registry is not None else load_pe_registry(cfg)
+    run_cfg = {
+        "run": {
+            "pe": pe,
+            "context": context,
+            "seed": int(seed),
+            "stage": stage,
+            "settings": list(settings or SETTINGS),
+        },
+        **{k: copy.deepcopy(cfg.get(k) or {}) for k in RUN_SECTIONS},
+        "pe_entry": {"name": pe, **copy.deepcopy(registry[pe])},
+    }
+    for key, value in (overrides or {}).items():
+        set_dotted(run_cfg, key, value)
+    return run_cfg
+
+
+def config_hash(cfg: dict, n: int = 12) -> str:
+    """Stable hash of a (run) config: sha256 of its canonical JSON."""
+    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def stable_seed(*parts: object, bits: int = 31) -> int:
+    """A seed from a stable hash of ``parts`` (sha256; never Python's randomised ``hash()``)."""
+    blob = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") % (2**bits)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists are JSON-encoded (MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def read_json(path: str | Path) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def write_json(obj, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    tmp.replace(path)

@@ -1,0 +1,12 @@
+"""NoPE: no positional information (paper-spec §3.4); FAVOR+ linear attention on the raw q, k."""
+
+from __future__ import annotations
+
+from .base import PositionalEncoding
+
+
+class NoPE(PositionalEncoding):
+    """Identity. Accepts every context (the positions are ignored)."""
+
+    target = "none"
+    attention = "linear"

@@ -1,0 +1,484 @@
+"""Tables and figures of the study (paper-spec §5.4, §5.5, §6): CSV, Markdown, LaTeX, Figure 4.
+
+``stripes aggregate --spec results/tables/spec.json --out results`` (the aggregate rule).
+
+The spec (written by the workflow from config/config.yaml) lists the tables, their rows, seeds
+and reference tables. Every number comes from the ``metrics.json`` files of the current DAG
+(``results/eval/{pe}/{context}/seed{seed}/metrics.json``), never from "all runs of the MLflow
+experiment". A cell is missing ("–" in Markdown/LaTeX, empty in CSV) when any of its seeds has no
+metrics (failed run, failure record, missing file) or the row does not evaluate that setting
+(``n/a``, e.g. S S-RPE at 64 bars). Means over an incomplete seed set are never shown.
+
+Statistics (paper-spec §5.4): within each group (a context, or the whole table when
+``group_by: none``) and each metric/setting, rows are ranked by their mean (↑ CS, GS; ↓ SSMD, NDD).
+Best vs second-best: scipy ``levene``; equal variances (p ≥ 0.05) → Student's t, otherwise
+Welch's t (``ttest_ind``, two-sided). ``*`` if p < 0.05; otherwise ``†`` if best vs third-best has
+p < 0.05. The best row of each group is marked (bold in Markdown, underlined in LaTeX); the best
+of the whole table is bold in LaTeX. Std is the sample std over seeds (ddof=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stripes.config import METRICS, SETTINGS, read_json, write_json
+
+METRIC_ORDER = ("cs", "ssmd", "gs", "ndd")
+SETTING_SHORT = {"test_16": "16", "test_64": "64"}
+ALPHA = 0.05
+MISSING = "–"
+NA = "n/a"
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def metric_key(metric: str, ssmd_scale: int) -> str:
+    return f"ssmd{ssmd_scale}" if metric == "ssmd" else metric
+
+
+def read_metrics(path: Path) -> dict | None:
+    """metrics.json, or None when missing / a failure record / unreadable."""
+    try:
+        m = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or m.get("status") == "failed":
+        return None
+    return m
+
+
+def seed_values(runs_root: Path, pe: str, context: str, seeds: list[int], setting: str, metric: str,
+                ssmd_scale: int) -> list[float | None]:
+    out: list[float | None] = []
+    for s in seeds:
+        m = read_metrics(runs_root / pe / context / f"seed{s}" / "metrics.json")
+        v = None
+        if m is not None:
+            v = (m.get(setting) or {}).get(metric_key(metric, ssmd_scale))
+        out.append(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None)
+    return out
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+    state: str = "ok"  # ok | missing | na
+    mark: str = ""
+    best: bool = False
+    best_overall: bool = False
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.values)) if self.state == "ok" else None
+
+    @property
+    def std(self) -> float | None:
+        if self.state != "ok":
+            return None
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+
+
+@dataclass
+class TableRow:
+    pe: str
+    context: str
+    cells: dict[tuple[str, str], Cell]
+    selected_from: str = ""
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def ttest_p(a: list[float], b: list[float]) -> float:
+    """Levene, then Student (equal variances) or Welch two-sided t-test; NaN when undefined."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # both constant: the t statistic is undefined
+        return 0.0 if a[0] != b[0] else 1.0
+    lev = stats.levene(a, b).pvalue
+    equal_var = bool(np.isfinite(lev) and lev >= ALPHA)
+    return float(stats.ttest_ind(a, b, equal_var=equal_var).pvalue)
+
+
+def mark_group(cells: list[Cell], metric: str) -> None:
+    """Set best / '*' / '†' over the cells of one group (one metric, one setting)."""
+    ok = [c for c in cells if c.state == "ok"]
+    if not ok:
+        return
+    sign = -1.0 if METRICS[metric] == "max" else 1.0
+    ranked = sorted(ok, key=lambda c: sign * c.mean)
+    best = ranked[0]
+    best.best = True
+    if len(ranked) >= 2 and ttest_p(best.values, ranked[1].values) < ALPHA:
+        best.mark = "*"
+    elif len(ranked) >= 3 and ttest_p(best.values, ranked[2].values) < ALPHA:
+        best.mark = "†"
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def select_best(rows: list[TableRow], metric: str, setting: str) -> TableRow | None:
+    """The row with the best mean on (metric, setting); ties broken by GS, then by name."""
+    sign = -1.0 if METRICS[metric] == "max" else 1.0
+    cands = [r for r in rows if r.cells[(setting, metric)].state == "ok"]
+    if not cands:
+        return None
+    def key(r):
+        gs = r.cells.get((setting, "gs"))
+        return (sign * r.cells[(setting, metric)].mean, -(gs.mean if gs and gs.state == "ok" else -np.inf), r.pe)
+    return min(cands, key=key)
+
+
+def build_rows(spec: dict, tname: str, runs_root: Path, cache: dict) -> list[TableRow]:
+    """The rows of one metrics table, in display order (grouped by context)."""
+    if tname in cache:
+        return cache[tname]
+    t = spec["tables"][tname]
+    seeds, scale = t["seeds"], t["ssmd_scale"]
+
+    def make(pe, ctx, settings) -> TableRow:
+        cells = {}
+        for s in SETTINGS:
+            for m in METRIC_ORDER:
+                if s not in settings:
+                    cells[(s, m)] = Cell(state="na")
+                    continue
+                vals = seed_values(runs_root, pe, ctx, seeds, s, m, scale)
+                if any(v is None for v in vals) or not vals:
+                    cells[(s, m)] = Cell(state="missing")
+                else:
+                    cells[(s, m)] = Cell(values=[float(v) for v in vals])
+        return TableRow(pe, ctx, cells)
+
+    fixed = [make(r["pe"], r["context"], r.get("settings", list(SETTINGS))) for r in t["rows"]]
+    best_rows: dict[str, TableRow] = {}
+    sel = {"metric": "cs", "setting": "test_16", **(t.get("select") or {})}
+    for src, ctx in t.get("best_of", []):
+        src_t = spec["tables"][src]
+        cand = [make(r["pe"], r["context"], r.get("settings", list(SETTINGS))) for r in _source_rows(spec, src)
+                if r["context"] == ctx]
+        # selection uses the source table's evaluated metrics with THIS table's seeds
+        best = select_best(cand, sel["metric"], sel["setting"])
+        if best is None:
+            best = TableRow(f"best_of:{src}", ctx, {(s, m): Cell(state="missing") for s in SETTINGS for m in METRIC_ORDER})
+        best.selected_from = f"{src} ({sel['metric']}, {sel['setting']})"
+        best_rows[ctx] = best
+        del src_t
+    order = t.get("contexts") or []
+    for r in fixed:
+        if r.context not in order:
+            order.append(r.context)
+    rows: list[TableRow] = []
+    for ctx in order:
+        if ctx in best_rows:
+            rows.append(best_rows[ctx])
+        rows += [r for r in fixed if r.context == ctx]
+    # marks
+    groups: dict[str, list[TableRow]] = {}
+    for r in rows:
+        groups.setdefault(r.context if t.get("group_by", "context") == "context" else "", []).append(r)
+    for s in SETTINGS:
+        for m in METRIC_ORDER:
+            for g in groups.values():
+                mark_group([r.cells[(s, m)] for r in g], m)
+            ok = [r.cells[(s, m)] for r in rows if r.cells[(s, m)].state == "ok"]
+            if ok:
+                sign = -1.0 if METRICS[m] == "max" else 1.0
+                min(ok, key=lambda c: sign * c.mean).best_overall = True
+    cache[tname] = rows
+    return rows
+
+
+def _source_rows(spec: dict, tname: str) -> list[dict]:
+    return spec["tables"][tname]["rows"]
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def load_reference(path: Path) -> dict[tuple, dict]:
+    """results/reference/paper_tables.csv -> {(table, pe, context, setting, metric): row}."""
+    ref: dict[tuple, dict] = {}
+    if not path.exists():
+        return ref
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(line for line in fh if not line.startswith("#")):
+            ref[(row["table"], row["pe"], row["context"], row["setting"], row["metric"])] = row
+    return ref
+
+
+def reference_value(ref: dict, tables: list[str], pe: str, ctx: str, setting: str, metric: str):
+    for t in tables:
+        row = ref.get((t, pe, ctx, setting, metric))
+        if row is not None:
+            if row["mean"] in ("", "n/a"):
+                return NA, None, ""
+            return float(row["mean"]), float(row["std"]) if row["std"] not in ("",) else None, row.get("mark", "")
+    return None, None, ""
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def fmt(x: float | None, nd: int = 2) -> str:
+    return "" if x is None else f"{x:.{nd}f}"
+
+
+def cell_text(c: Cell, bold: str = "**") -> str:
+    if c.state == "na":
+        return NA
+    if c.state == "missing":
+        return MISSING
+    s = f"{c.mean:.2f} ± {c.std:.2f}{c.mark}"
+    return f"{bold}{s}{bold}" if c.best and bold else s
+
+
+def table_records(spec: dict, tname: str, rows: list[TableRow], ref: dict) -> list[dict]:
+    t = spec["tables"][tname]
+    refs = t.get("reference") or []
+    refs = [refs] if isinstance(refs, str) else list(refs)
+    out = []
+    for r in rows:
+        rec = {"pe": r.pe, "context": r.context}
+        for s in SETTINGS:
+            short = SETTING_SHORT[s]
+            for m in METRIC_ORDER:
+                c = r.cells[(s, m)]
+                col = f"{m}_{short}"
+                rec[f"{col}_mean"] = fmt(c.mean, 4) if c.state == "ok" else (NA if c.state == "na" else "")
+                rec[f"{col}_std"] = fmt(c.std, 4) if c.state == "ok" else ""
+                rec[f"{col}_mark"] = c.mark
+                rec[f"{col}_best"] = int(c.best)
+                rec[f"{col}_n"] = len(c.values)
+                pv, ps, pm = reference_value(ref, refs, r.pe, r.context, s, m) if refs else (None, None, "")
+                rec[f"{col}_paper"] = "" if pv is None else (pv if pv == NA else f"{pv:g}")
+                rec[f"{col}_paper_std"] = "" if ps is None else f"{ps:g}"
+                rec[f"{col}_paper_mark"] = pm
+                rec[f"{col}_diff"] = fmt(c.mean - pv, 4) if (c.state == "ok" and isinstance(pv, float)) else ""
+        rec["selected_from"] = r.selected_from
+        out.append(rec)
+    return out
+
+
+def write_csv(records: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(records[0]) if records else ["pe", "context"])
+        w.writeheader()
+        w.writerows(records)
+
+
+def _md_header() -> list[str]:
+    cols = ["context", "PE"]
+    for s in SETTINGS:
+        cols += [f"{m.upper()}{'↑' if METRICS[m] == 'max' else '↓'} ({SETTING_SHORT[s]})" for m in METRIC_ORDER]
+    return cols
+
+
+def write_markdown(spec: dict, tname: str, rows: list[TableRow], records: list[dict], path: Path) -> None:
+    t = spec["tables"][tname]
+    cols = _md_header()
+    lines = [f"## {t.get('caption', tname)}", "",
+             f"Mean ± std over seeds {t['seeds']}; groups: {', '.join(SETTINGS.values())}. "
+             f"SSMD ×{t['ssmd_scale']}. Bold: best of its group; * best vs second p<0.05, "
+             f"† best vs third p<0.05 (Levene, then Student/Welch t-test). {MISSING}: missing run, {NA}: not evaluated.",
+             "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        pe = r.pe + (" (best RoPE)" if r.selected_from else "")
+        lines.append("| " + " | ".join([r.context, pe] + [cell_text(r.cells[(s, m)]) for s in SETTINGS for m in METRIC_ORDER]) + " |")
+    if t.get("reference"):
+        lines += ["", "### Published numbers and difference (ours − paper)", "",
+                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for rec in records:
+            cells = []
+            for s in SETTINGS:
+                for m in METRIC_ORDER:
+                    col = f"{m}_{SETTING_SHORT[s]}"
+                    p = rec[f"{col}_paper"]
+                    if p == "":
+                        cells.append(MISSING)
+                    elif p == NA:
+                        cells.append(NA)
+                    else:
+                        d = rec[f"{col}_diff"]
+                        cells.append(f"{p} ± {rec[f'{col}_paper_std']}{rec[f'{col}_paper_mark']} (Δ {d if d else MISSING})")
+            lines.append("| " + " | ".join([rec["context"], rec["pe"]] + cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_latex(spec: dict, tname: str, rows: list[TableRow], path: Path) -> None:
+    t = spec["tables"][tname]
+    head = " & ".join(f"{m.upper()}$\\{'uparrow' if METRICS[m] == 'max' else 'downarrow'}$" for m in METRIC_ORDER)
+    lines = [
+        "% generated by stripes.report; " + t.get("caption", tname),
+        "\\begin{tabular}{ll" + "c" * 8 + "}", "\\toprule",
+        " & & \\multicolumn{4}{c}{Train 16 / Test 16} & \\multicolumn{4}{c}{Train 16 / Test 64} \\\\",
+        f"Context & PE & {head} & {head} \\\\", "\\midrule",
+    ]
+    prev = None
+    for r in rows:
+        if prev is not None and r.context != prev:
+            lines.append("\\midrule")
+        prev = r.context
+        cells = []
+        for s in SETTINGS:
+            for m in METRIC_ORDER:
+                c = r.cells[(s, m)]
+                if c.state != "ok":
+                    cells.append("--" if c.state == "missing" else "n/a")
+                    continue
+                mark = {"*": "$^{*}$", "†": "$^{\\dagger}$"}.get(c.mark, "")
+                txt = f"{c.mean:.2f}$\\pm${c.std:.2f}"
+                if c.best:
+                    txt = f"\\underline{{{txt}}}"
+                if c.best_overall:
+                    txt = f"\\textbf{{{txt}}}"
+                cells.append(txt + mark)
+        pe = r.pe.replace("_", "\\_")
+        lines.append(f"{r.context.upper()} & {pe} & " + " & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------- Figure 4
+
+
+def read_mi(path: Path) -> dict[str, float]:
+    """context -> MI (nats) from the data stage's table (columns: context + mi/mi_nats/...)."""
+    out: dict[str, float] = {}
+    if not path.exists():
+        return out
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(line for line in fh if not line.startswith("#"))
+        fields = reader.fieldnames or []
+        col = next((c for c in ("mi", "mi_nats", "mutual_information", "MI") if c in fields), None)
+        if col is None:
+            col = next((c for c in fields if c.lower().startswith("mi") and "bias" not in c.lower()), None)
+        for row in reader:
+            try:
+                out[row["context"]] = float(row[col])
+            except (KeyError, TypeError, ValueError):
+                continue
+    return out
+
+
+def figure4(rows: list[TableRow], mi: dict[str, float], setting: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
+    for ax, m in zip(axes, ("cs", "gs", "ssmd", "ndd")):
+        for r in rows:
+            c = r.cells[(setting, m)]
+            x = mi.get(r.context)
+            if c.state != "ok" or x is None or x <= 0:
+                continue
+            ax.errorbar([x], [c.mean], yerr=[c.std], fmt="o", color="black", alpha=0.4, capsize=3, ms=5)
+        ctxs = sorted({r.context for r in rows if mi.get(r.context, 0) > 0}, key=lambda k: mi[k])
+        ax.set_xscale("log")
+        if ctxs:
+            ax.set_xticks([mi[k] for k in ctxs])
+            ax.set_xticklabels([k.upper() for k in ctxs], rotation=0, fontsize=8)
+            ax.minorticks_off()
+        ax.set_title(f"{m.upper()} {'↑' if METRICS[m] == 'max' else '↓'}")
+        ax.set_xlabel("MI(content; context) [nats], log scale")
+    axes[0].set_ylabel(f"in-domain ({SETTINGS[setting]})")
+    if not mi:
+        fig.suptitle("mutual-information table missing: no markers", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def aggregate(spec: dict, out_root: str | Path = "results") -> dict:
+    out_root = Path(out_root)
+    runs_root = Path(spec.get("runs_root", out_root / "eval"))
+    tables_dir = out_root / "tables"
+    figures_dir = out_root / "figures"
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    ref = load_reference(Path(spec.get("reference_csv", "results/reference/paper_tables.csv")))
+    cache: dict = {}
+    written: list[str] = []
+    for tname, t in spec["tables"].items():
+        if t.get("kind", "metrics") != "metrics":
+            continue
+        rows = build_rows(spec, tname, runs_root, cache)
+        records = table_records(spec, tname, rows, ref)
+        for ext, writer in (("csv", None), ("md", None), ("tex", None)):
+            p = tables_dir / f"{tname}.{ext}"
+            if ext == "csv":
+                write_csv(records, p)
+            elif ext == "md":
+                write_markdown(spec, tname, rows, records, p)
+            else:
+                write_latex(spec, tname, rows, p)
+            written.append(str(p))
+    # failures: every expected run without usable metrics
+    failures = []
+    for pe, ctx, seed in spec.get("runs", []):
+        p = runs_root / pe / ctx / f"seed{seed}" / "metrics.json"
+        if read_metrics(p) is None:
+            reason = "missing metrics.json"
+            if p.exists():
+                try:
+                    reason = str(read_json(p).get("error", "failed"))[:300]
+                except (OSError, ValueError):
+                    reason = "unreadable metrics.json"
+            failures.append({"pe": pe, "context": ctx, "seed": seed, "reason": reason})
+    fail_path = tables_dir / "failures.csv"
+    with open(fail_path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["pe", "context", "seed", "reason"])
+        w.writeheader()
+        w.writerows(failures)
+    written.append(str(fail_path))
+    fig_spec = spec.get("mi_figure") or {}
+    if fig_spec.get("table") in spec["tables"]:
+        rows = build_rows(spec, fig_spec["table"], runs_root, cache)
+        mi = read_mi(Path(spec.get("mi_table", tables_dir / "mutual_information.csv")))
+        p = figures_dir / spec.get("mi_figure_name", "mi_vs_performance.png")
+        figure4(rows, mi, fig_spec.get("setting", "test_16"), p)
+        written.append(str(p))
+    summary = {"written": written, "n_failures": len(failures)}
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="stripes aggregate", description="Build the study's tables and figures.")
+    ap.add_argument("--spec", required=True, help="report spec JSON written by the workflow (results/tables/spec.json)")
+    ap.add_argument("--out", default="results", help="results root (tables/ and figures/ below it)")
+    ap.add_argument("--experiment", help="experiment.json: log a summary run with every table and figure")
+    ap.add_argument("--run-record", help="where to write the summary run's id (JSON)")
+    ap.add_argument("--extra-artifact", action="append", default=[], help="more files for the summary run")
+    args = ap.parse_args(argv)
+    spec = read_json(args.spec)
+    summary = aggregate(spec, args.out)
+    if args.experiment:
+        from stripes.tracking import log_summary
+
+        files = summary["written"] + [f for f in args.extra_artifact if Path(f).exists()]
+        rec = log_summary(args.experiment, files, args.run_record or Path(args.out) / "mlflow" / "summary_run.json")
+        summary["mlflow_run_id"] = rec["run_id"]
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""MLflow tracking for the study: DB + experiment bootstrap, tagged runs, batched live logging, UI.
+
+Facts this follows (design.md §3, MLflow 3.17):
+
+* Store: SQLite (``sqlite:///results/mlflow/mlflow.db``), artifacts under ``results/mlflow/artifacts``.
+  A fresh DB hit by parallel jobs breaks (schema-migration race), so the ``mlflow_init`` rule
+  creates the DB and the experiment first (:func:`init_tracking`) and writes
+  ``results/mlflow/experiment.json``; every job reads the experiment id from that file (an input).
+* One ``log_batch`` per validation (about 5 ms per call on SQLite).
+* Every run is tagged pe, context, seed, stage, config_hash, git_commit and its source name is set
+  here (Snakemake runs scripts from temporary copies). Each job writes the id of its run to a file
+  of the DAG (``mlflow_run.json``); the tables never query "all runs of the experiment".
+* ``stripes ui`` starts a lean MLflow server (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``,
+  ``--workers 1``) on 127.0.0.1 and prints ``http://127.0.0.1:PORT/#/experiments/<id>/runs``
+  (the default page opens in GenAI mode). It needs full mlflow: ``pip install -e '.[ui]'``.
+
+mlflow is imported lazily (about 1 s), so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from stripes.config import config_hash, flatten, read_json, write_json
+
+PARAM_MAX = 6000  # MLflow 3 param value limit
+SOURCE_NAME = "stripes"
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+        if commit != "unknown" and dirty.returncode == 0 and dirty.stdout.strip():
+            commit += "-dirty"
+        return commit
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _abs_sqlite_uri(uri: str) -> str:
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return uri
+    path = uri[len(prefix):]
+    if not path.startswith("/"):
+        path = str(Path(path).resolve())
+    return prefix + path
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def init_tracking(tracking_uri: str, artifact_root: str | Path, experiment: str, out_file: str | Path) -> dict:
+    """Create the SQLite DB (all migrations) and the experiment, once, before any parallel job."""
+    from mlflow.tracking import MlflowClient
+
+    uri = _abs_sqlite_uri(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    root = Path(artifact_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        exp_id = client.create_experiment(experiment, artifact_location=root.as_uri(),
+                                          tags={"project": "stripes"})
+    else:
+        exp_id = exp.experiment_id
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp_id)
+    info = {"tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id,
+            "artifact_root": str(root)}
+    write_json(info, out_file)
+    return info
+
+
+# ----------------------------------------------------------------------------- the tracker
+
+
+class Tracker:
+    """Thin wrapper over MlflowClient with the study's tags and batched logging."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, source: str = SOURCE_NAME):
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.experiment_id = str(experiment_id)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.source = source
+        self._commit: str | None = None
+
+    @classmethod
+    def from_experiment_file(cls, path: str | Path, source: str = SOURCE_NAME) -> "Tracker":
+        info = read_json(path)
+        return cls(info["tracking_uri"], info["experiment_id"], source=source)
+
+    @property
+    def commit(self) -> str:
+        if self._commit is None:
+            self._commit = git_commit()
+        return self._commit
+
+    def run_tags(self, cfg: dict, stage: str, extra: dict | None = None) -> dict[str, str]:
+        run = cfg.get("run", {})
+        tags = {
+            "pe": run.get("pe", ""),
+            "context": run.get("context", ""),
+            "seed": run.get("seed", ""),
+            "stage": stage,
+            "config_hash": config_hash(cfg),
+            "git_commit": self.commit,
+        }
+        tags.update(extra or {})
+        return {k: str(v) for k, v in tags.items()}
+
+    def start_run(self, name: str, tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> str:
+        from mlflow.utils.mlflow_tags import (MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_SOURCE_NAME,
+                                              MLFLOW_SOURCE_TYPE)
+
+        t = dict(tags or {})
+        t[MLFLOW_SOURCE_NAME] = f"{self.source} {t.get('stage', '')}".strip()
+        t[MLFLOW_SOURCE_TYPE] = "LOCAL"
+        t[MLFLOW_GIT_COMMIT] = t.get("git_commit", self.commit)
+        if parent_run_id:
+            t[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run = self.client.create_run(self.experiment_id, tags=t, run_name=name)
+        return run.info.run_id
+
+    def reopen_run(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:PARAM_MAX]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(str(k), float(v), ts, int(step)) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and v == v]  # skip NaN / None
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def set_tag(self, run_id: str, key: str, value: Any) -> None:
+        self.client.set_tag(run_id, key, str(value))
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        elif path.exists():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+
+# ----------------------------------------------------------------------------- job wrappers
+
+
+def _record(path, **fields) -> dict:
+    write_json(fields, path)
+    return fields
+
+
+def plot_curves(events: list[dict], path: str | Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    steps = [e.get("step", i) for i, e in enumerate(events)]
+    for key in ("train_loss", "val_loss"):
+        ys = [e.get(key) for e in events]
+        if any(y is not None for y in ys):
+            ax.plot(steps, ys, marker=".", label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("BCE loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_train(config: str | Path, out_dir: str | Path, experiment: str | Path, record: str | Path,
+              record_failures: bool = True) -> dict:
+    """The train job: an MLflow run that logs live while stripes.train.train runs."""
+    cfg = read_json(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = cfg["run"]
+    tracker = Tracker.from_experiment_file(experiment)
+    run_id = tracker.start_run(f"{run['pe']}/{run['context']}/seed{run['seed']}", tags=tracker.run_tags(cfg, "train"))
+    base = {"run_id": run_id, "experiment_id": tracker.experiment_id, "stage": "train",
+            "pe": run["pe"], "context": run["context"], "seed": run["seed"]}
+    tracker.log_params(run_id, flatten(cfg))
+    tracker.log_artifact(run_id, config)
+    events: list[dict] = []
+
+    def callback(event: dict) -> None:
+        events.append(dict(event))
+        tracker.log_metrics(run_id, {k: v for k, v in event.items() if k != "step"}, step=int(event.get("step", len(events))))
+
+    try:
+        from stripes.train import train
+
+        summary = train(cfg, out, callback=callback) or {}
+        if events:
+            plot_curves(events, out / "curves.png", f"{run['pe']} / {run['context']} / seed {run['seed']}")
+        for name in ("curves.png", "curves.csv", "train.json"):
+            tracker.log_artifact(run_id, out / name)
+        summary_metrics = {f"summary.{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
+        tracker.log_metrics(run_id, summary_metrics, step=int(events[-1].get("step", 0)) if events else 0)
+        tracker.end_run(run_id, "FINISHED")
+        return _record(record, **base, status="ok")
+    except Exception as exc:  # noqa: BLE001 - recorded as a failed run
+        tracker.set_tag(run_id, "error", repr(exc)[:5000])
+        tracker.end_run(run_id, "FAILED")
+        rec = _record(record, **base, status="failed", error=repr(exc), traceback=traceback.format_exc())
+        if not record_failures:
+            raise
+        print(f"train failed (recorded in {record}): {exc!r}", file=sys.stderr)
+        return rec
+
+
+def run_evaluate(config: str | Path, train_dir: str | Path, eval_dir: str | Path, train_record: str | Path,
+                 experiment: str | Path, record: str | Path, record_failures: bool = True,
+                 log_samples: bool = True) -> dict:
+    """The evaluate job: evaluates best.pt and logs the results into the training run."""
+    cfg = read_json(config)
+    out = Path(eval_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trec = read_json(train_record)
+    tracker = Tracker.from_experiment_file(experiment)
+    run_id = trec.get("run_id")
+    base = {"run_id": run_id, "experiment_id": tracker.experiment_id, "stage": "evaluate",
+            "pe": trec.get("pe"), "context": trec.get("context"), "seed": trec.get("seed")}
+    if trec.get("status") != "ok":
+        write_json({"status": "failed", "error": f"training failed: {trec.get('error')}"}, out / "metrics.json")
+        return _record(record, **base, status="failed", error="training failed")
+    tracker.reopen_run(run_id)
+    try:
+        from stripes.evaluate import evaluate
+
+        metrics = evaluate(cfg, Path(train_dir) / "best.pt", out)
+        if not (out / "metrics.json").exists():
+            write_json(metrics, out / "metrics.json")
+        flat = flatten(read_json(out / "metrics.json"))
+        tracker.log_metrics(run_id, {k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracker.log_params(run_id, {k: v for k, v in flat.items() if k.startswith("binarization.") and isinstance(v, str)})
+        tracker.log_artifact(run_id, out / "metrics.json")
+        if log_samples and (out / "samples").is_dir():
+            tracker.log_artifact(run_id, out / "samples", "samples")
+        tracker.set_tag(run_id, "evaluated", "true")
+        tracker.end_run(run_id, "FINISHED")
+        return _record(record, **base, status="ok")
+    except Exception as exc:  # noqa: BLE001
+        tracker.set_tag(run_id, "error", repr(exc)[:5000])
+        tracker.end_run(run_id, "FAILED")
+        write_json({"status": "failed", "error": repr(exc)}, out / "metrics.json")
+        rec = _record(record, **base, status="failed", error=repr(exc), traceback=traceback.format_exc())
+        if not record_failures:
+            (out / "metrics.json").unlink(missing_ok=True)
+            raise
+        print(f"evaluate failed (recorded in {record}): {exc!r}", file=sys.stderr)
+        return rec
+
+
+def log_summary(experiment: str | Path, files: list[str | Path], record: str | Path, tags: dict | None = None) -> dict:
+    """The aggregate step's summary run: every table and figure as an artifact."""
+    tracker = Tracker.from_experiment_file(experiment)
+    t = {"stage": "aggregate", "git_commit": tracker.commit, **(tags or {})}
+    run_id = tracker.start_run("summary", tags={k: str(v) for k, v in t.items()})
+    for f in files:
+        f = Path(f)
+        sub = "figures" if f.suffix in (".png", ".pdf", ".svg") else "tables"
+        tracker.log_artifact(run_id, f, sub)
+    tracker.end_run(run_id, "FINISHED")
+    return _record(record, run_id=run_id, experiment_id=tracker.experiment_id, stage="aggregate", status="ok")
+
+
+# ----------------------------------------------------------------------------- the UI
+
+
+def ui_command(info: dict, host: str, port: int) -> tuple[list[str], dict, str]:
+    url = f"http://{host}:{port}/#/experiments/{info['experiment_id']}/runs"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", info["tracking_uri"],
+           "--default-artifact-root", Path(info["artifact_root"]).as_uri(), "--host", host, "--port", str(port),
+           "--workers", "1"]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    return cmd, env, url
+
+
+def mlflow_server_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("mlflow.server") is not None and importlib.util.find_spec("flask") is not None \
+            and importlib.util.find_spec("mlflow.server.js") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def job_main(argv: list[str]) -> int:
+    """Entry points of the workflow's jobs: ``python -m stripes.tracking init|train|evaluate ...``."""
+    ap = argparse.ArgumentParser(prog="python -m stripes.tracking")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("init", help="create the SQLite DB and the experiment (before any parallel job)")
+    p.add_argument("--tracking-uri", required=True)
+    p.add_argument("--artifact-root", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--out", required=True)
+    for name in ("train", "evaluate"):
+        p = sub.add_parser(name)
+        p.add_argument("--config", required=True, help="resolved run config (JSON)")
+        p.add_argument("--train-dir", required=True)
+        p.add_argument("--experiment", required=True, help="experiment.json of the mlflow_init rule")
+        p.add_argument("--record", required=True, help="where to write the run record (mlflow_run.json)")
+        p.add_argument("--record-failures", action="store_true")
+        if name == "evaluate":
+            p.add_argument("--eval-dir", required=True)
+            p.add_argument("--train-record", required=True)
+            p.add_argument("--log-samples", action="store_true")
+    args = ap.parse_args(argv)
+    if args.cmd == "init":
+        print(json.dumps(init_tracking(args.tracking_uri, args.artifact_root, args.experiment, args.out)))
+        return 0
+    if args.cmd == "train":
+        rec = run_train(args.config, args.train_dir, args.experiment, args.record, args.record_failures)
+    else:
+        rec = run_evaluate(args.config, args.train_dir, args.eval_dir, args.train_record, args.experiment,
+                           args.record, args.record_failures, args.log_samples)
+    print(json.dumps({k: v for k, v in rec.items() if k != "traceback"}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in ("init", "train", "evaluate"):
+        return job_main(argv)
+    ap = argparse.ArgumentParser(prog="stripes ui", description="Start the MLflow UI on the study's tracking DB.")
+    ap.add_argument("--experiment-file", default="results/mlflow/experiment.json",
+                    help="written by the mlflow_init rule (default: %(default)s)")
+    ap.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    ap.add_argument("--port", type=int, default=5000)
+    ap.add_argument("--print-url", action="store_true", help="print the URL and the command, do not start")
+    args = ap.parse_args(argv)
+    if not Path(args.experiment_file).exists():
+        print(f"stripes ui: {args.experiment_file} not found; run the study first (snakemake --cores N)",
+              file=sys.stderr)
+        return 2
+    info = read_json(args.experiment_file)
+    cmd, env, url = ui_command(info, args.host, args.port)
+    if args.print_url:
+        print(url)
+        print(" ".join(cmd))
+        return 0
+    if not mlflow_server_available() or shutil.which(sys.executable) is None:
+        print("stripes ui: the MLflow UI needs full mlflow (this environment has mlflow-skinny).\n"
+              "Install it with:  pip install -e '.[ui]'", file=sys.stderr)
+        return 3
+    print(f"MLflow UI for experiment {info['experiment']!r}: {url}", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

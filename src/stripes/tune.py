@@ -1,0 +1,373 @@
+"""Optuna tuning: one study per (PE, context), trials serial, sampler seeded from a stable hash.
+
+``stripes tune --config run.json --pe P --context C --out DIR [--spec tune.json] [--experiment E]``
+
+* Storage: ``JournalStorage(JournalFileBackend(...))`` (design.md §3: no schema race, readable by
+  optuna-dashboard). The study is written to a working journal ``DIR/work/study.journal`` that
+  survives a failed or killed job (Snakemake deletes the declared outputs of a failed job), so a
+  rerun resumes it: finished trials (complete or pruned) are counted and only the missing ones run;
+  trials left RUNNING by a killed job are marked FAIL and redone. If the run config or the tuning
+  spec changed, the old working journal is moved aside and the study starts afresh. On success the
+  journal is copied to the declared output ``DIR/study.journal``.
+* Sampler: ``GridSampler`` (default; reproduces the papers' lr grid), ``TPESampler`` or
+  ``RandomSampler``, seeded with :func:`stripes.config.stable_seed` of (pe, context).
+* Each trial trains through ``stripes.train.train(cfg, out_dir, callback)``; the callback reports
+  the validation loss to the trial and raises ``optuna.TrialPruned`` when the pruner says so.
+* Outputs: ``best.json`` (best params as dotted run-config paths, value, trial) and ``trials.csv``.
+* MLflow (optional, ``--experiment``): one parent run per study, one child run per trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from stripes.config import config_hash, read_json, set_dotted, stable_seed, write_json
+
+DEFAULT_SPEC: dict[str, Any] = {
+    "sampler": "grid",
+    "n_trials": None,
+    "seed": 0,
+    "objective": "best_val_loss",
+    "space": {"train.lr": {"type": "categorical", "choices": [1e-4, 5e-4, 1e-3]}},
+    "pruner": {"type": "none"},
+    "overrides": {},
+}
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def full_spec(spec: dict | None) -> dict:
+    out = copy.deepcopy(DEFAULT_SPEC)
+    for k, v in (spec or {}).items():
+        if v is not None or k == "n_trials":
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def sampler_seed(pe: str, context: str) -> int:
+    return stable_seed("tune", pe, context)
+
+
+def grid_of(space: dict) -> dict[str, list]:
+    return {k: list(v["choices"]) for k, v in space.items()}
+
+
+def n_trials_of(spec: dict) -> int:
+    if spec.get("n_trials"):
+        return int(spec["n_trials"])
+    if spec["sampler"] == "grid":
+        return math.prod(len(v["choices"]) for v in spec["space"].values())
+    return 20
+
+
+def make_sampler(spec: dict, seed: int) -> optuna.samplers.BaseSampler:
+    kind = spec["sampler"]
+    if kind == "grid":
+        return optuna.samplers.GridSampler(grid_of(spec["space"]), seed=seed)
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {kind!r}")
+
+
+def make_pruner(spec: dict) -> optuna.pruners.BasePruner:
+    p = spec.get("pruner") or {}
+    if p.get("type", "none") == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=int(p.get("n_startup_trials", 5)),
+            n_warmup_steps=int(p.get("n_warmup_steps", 0)),
+            interval_steps=int(p.get("interval_steps", 1)),
+        )
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial: optuna.Trial, space: dict) -> dict[str, Any]:
+    params = {}
+    for name, s in space.items():
+        if s["type"] == "categorical":
+            params[name] = trial.suggest_categorical(name, s["choices"])
+        elif s["type"] == "float":
+            params[name] = trial.suggest_float(name, s["low"], s["high"], log=bool(s.get("log", False)), step=s.get("step"))
+        elif s["type"] == "int":
+            params[name] = trial.suggest_int(name, int(s["low"]), int(s["high"]), step=int(s.get("step", 1)), log=bool(s.get("log", False)))
+        else:
+            raise ValueError(f"tune.space.{name}: unknown type {s['type']!r}")
+    return params
+
+
+def trial_config(base_cfg: dict, spec: dict, params: dict, trial_number: int) -> dict:
+    """The run config of one trial: base + tune overrides + suggested params, stage 'tune'."""
+    cfg = copy.deepcopy(base_cfg)
+    for key, value in (spec.get("overrides") or {}).items():
+        set_dotted(cfg, key, value)
+    for key, value in params.items():
+        set_dotted(cfg, key, value)
+    cfg.setdefault("run", {})
+    cfg["run"].update({"stage": "tune", "seed": int(spec.get("seed", 0)), "trial": trial_number})
+    return cfg
+
+
+# ----------------------------------------------------------------------------- the objective
+
+
+def train_objective(base_cfg: dict, spec: dict, out_dir: Path, tracker=None, parent_run_id: str | None = None,
+                    keep_checkpoints: bool = False) -> Callable[[optuna.Trial], float]:
+    """Objective that trains one model per trial with stripes.train.train."""
+
+    def objective(trial: optuna.Trial) -> float:
+        from stripes.train import train  # imported lazily: torch only in jobs that train
+
+        params = suggest(trial, spec["space"])
+        cfg = trial_config(base_cfg, spec, params, trial.number)
+        trial_dir = out_dir / "work" / "trials" / f"trial{trial.number:03d}"
+        if trial_dir.exists():
+            shutil.rmtree(trial_dir)
+        run_id = None
+        if tracker is not None:
+            run_id = tracker.start_run(
+                f"{cfg['run']['pe']}/{cfg['run']['context']}/trial{trial.number}",
+                tags=tracker.run_tags(cfg, stage="tune", extra={"trial": trial.number}),
+                parent_run_id=parent_run_id,
+            )
+            tracker.log_params(run_id, {**params, "trial": trial.number})
+        losses: list[float] = []
+
+        def callback(event: dict) -> None:
+            val = float(event["val_loss"])
+            losses.append(val)
+            step = len(losses) - 1
+            if tracker is not None:
+                tracker.log_metrics(run_id, {k: event[k] for k in ("val_loss", "train_loss", "lr") if k in event},
+                                    step=int(event.get("step", step)))
+            trial.report(val, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at validation {step} (val_loss={val:.4f})")
+
+        status = "FAILED"
+        try:
+            summary = train(cfg, trial_dir, callback=callback) or {}
+            value = objective_value(spec, losses, summary)
+            status = "FINISHED"
+            if tracker is not None:
+                tracker.log_metrics(run_id, {"objective": value})
+            return value
+        except optuna.TrialPruned:
+            status = "KILLED"
+            raise
+        finally:
+            if tracker is not None:
+                tracker.set_tag(run_id, "optuna.state", {"FINISHED": "COMPLETE", "KILLED": "PRUNED"}.get(status, "FAIL"))
+                tracker.end_run(run_id, status)
+            if not keep_checkpoints:
+                for ckpt in trial_dir.glob("*.pt"):
+                    ckpt.unlink()
+
+    return objective
+
+
+def objective_value(spec: dict, losses: list[float], summary: dict) -> float:
+    if spec["objective"] == "last_val_loss":
+        if losses:
+            return float(losses[-1])
+        return float(summary["last_val_loss"])
+    if losses:
+        return float(min(losses))
+    return float(summary["best_val_loss"])
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def open_study(work_journal: Path, pe: str, context: str, spec: dict, fingerprint: str) -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    work_journal.parent.mkdir(parents=True, exist_ok=True)
+    name = f"{pe}.{context}"
+    if work_journal.exists():
+        storage = JournalStorage(JournalFileBackend(str(work_journal)))
+        try:
+            old = optuna.load_study(study_name=name, storage=storage)
+            stale = old.user_attrs.get("fingerprint") != fingerprint
+        except KeyError:
+            stale = True
+        if stale:  # the config or the spec changed: start afresh, keep the old journal aside
+            work_journal.replace(work_journal.with_name(f"stale-{int(time.time())}.journal"))
+    storage = JournalStorage(JournalFileBackend(str(work_journal)))
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=make_sampler(spec, sampler_seed(pe, context)),
+        pruner=make_pruner(spec),
+        direction="minimize",
+        load_if_exists=True,
+    )
+    study.set_user_attr("fingerprint", fingerprint)
+    study.set_user_attr("pe", pe)
+    study.set_user_attr("context", context)
+    # trials left RUNNING by a killed job can never finish: mark them failed, they are redone
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+    if spec["sampler"] == "grid":
+        requeue_failed_grid_points(study, spec)
+    return study
+
+
+def requeue_failed_grid_points(study: optuna.Study, spec: dict) -> list[int]:
+    """GridSampler counts a FAILed trial's grid point as visited; enqueue those points again.
+
+    The enqueued trial carries the grid point's ``grid_id`` (and search space) so that the
+    sampler's bookkeeping sees it, and its parameters are fixed to that grid point.
+    """
+    import itertools
+
+    grid = grid_of(spec["space"])
+    names = sorted(grid)  # GridSampler orders parameters by name
+    points = list(itertools.product(*(grid[n] for n in names)))
+    trials = study.get_trials(deepcopy=False)
+    done = {t.system_attrs.get("grid_id") for t in trials if t.state in FINISHED}
+    queued = {t.system_attrs.get("grid_id") for t in trials if t.state == optuna.trial.TrialState.WAITING}
+    failed = sorted({t.system_attrs.get("grid_id") for t in trials if t.state == optuna.trial.TrialState.FAIL}
+                    - done - queued - {None})
+    for gid in failed:
+        study.enqueue_trial(dict(zip(names, points[gid])))
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))[-1]
+        search_space = {n: list(grid[n]) for n in names}
+        study._storage.set_trial_system_attr(waiting._trial_id, "search_space", search_space)
+        study._storage.set_trial_system_attr(waiting._trial_id, "grid_id", gid)
+    return failed
+
+
+def run_study(
+    base_cfg: dict,
+    spec: dict | None,
+    pe: str,
+    context: str,
+    out_dir: str | Path,
+    objective: Callable[[optuna.Trial], float] | None = None,
+    tracker=None,
+) -> dict:
+    """Run (or resume) the study of (pe, context); write study.journal, best.json, trials.csv."""
+    spec = full_spec(spec)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = config_hash({"cfg": base_cfg, "spec": spec})
+    work_journal = out / "work" / "study.journal"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(work_journal, pe, context, spec, fingerprint)
+
+    parent_run_id = None
+    if tracker is not None:
+        parent_file = out / "work" / "mlflow_parent.json"
+        if parent_file.exists() and read_json(parent_file).get("fingerprint") == fingerprint:
+            parent_run_id = read_json(parent_file)["run_id"]
+            tracker.reopen_run(parent_run_id)
+        else:
+            parent_run_id = tracker.start_run(f"tune {pe}/{context}",
+                                              tags=tracker.run_tags(base_cfg, stage="tune", extra={"role": "study"}))
+            tracker.log_params(parent_run_id, {"sampler": spec["sampler"], "sampler_seed": sampler_seed(pe, context),
+                                               "n_trials": n_trials_of(spec), "objective": spec["objective"],
+                                               "space": json.dumps(spec["space"], sort_keys=True)})
+            write_json({"run_id": parent_run_id, "fingerprint": fingerprint}, parent_file)
+    if objective is None:
+        objective = train_objective(base_cfg, spec, out, tracker, parent_run_id)
+
+    total = n_trials_of(spec)
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    missing = max(0, total - done)
+    status = "FAILED"
+    try:
+        if missing:
+            # serial trials (n_jobs=1): parallel workers on one study are not reproducible (design.md §3)
+            study.optimize(objective, n_trials=missing, n_jobs=1, gc_after_trial=True)
+        status = "FINISHED"
+    finally:
+        if tracker is not None and status != "FINISHED":
+            tracker.end_run(parent_run_id, "FAILED")
+
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError(f"tune {pe}/{context}: no trial completed ({len(finished)} finished, all pruned)")
+    best = min(complete, key=lambda t: (t.value, t.number))
+    result = {
+        "pe": pe,
+        "context": context,
+        "params": dict(best.params),
+        "value": best.value,
+        "trial": best.number,
+        "objective": spec["objective"],
+        "sampler": spec["sampler"],
+        "sampler_seed": sampler_seed(pe, context),
+        "n_trials": len(finished),
+        "n_complete": len(complete),
+        "resumed_with": done,
+        "fingerprint": fingerprint,
+    }
+    write_trials_csv(study, out / "trials.csv")
+    shutil.copyfile(work_journal, out / "study.journal")
+    if tracker is not None:
+        tracker.log_metrics(parent_run_id, {"best_value": best.value, "n_complete": len(complete)})
+        tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in best.params.items()})
+        tracker.log_artifact(parent_run_id, out / "trials.csv")
+        tracker.end_run(parent_run_id, "FINISHED")
+        result["mlflow_run_id"] = parent_run_id
+    write_json(result, out / "best.json")
+    return result
+
+
+def write_trials_csv(study: optuna.Study, path: Path) -> None:
+    import csv
+
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    keys = sorted({k for t in trials for k in t.params})
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["number", "state", "value", *keys, "n_reports", "duration_s"])
+        for t in trials:
+            dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else ""
+            w.writerow([t.number, t.state.name, "" if t.value is None else repr(t.value),
+                        *[t.params.get(k, "") for k in keys], len(t.intermediate_values), dur])
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="stripes tune", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="resolved run config (JSON) of the study's (pe, context)")
+    ap.add_argument("--pe", required=True)
+    ap.add_argument("--context", required=True)
+    ap.add_argument("--out", required=True, help="study directory (study.journal, best.json, trials.csv)")
+    ap.add_argument("--spec", help="tuning spec JSON (the tune: section); default: the papers' lr grid")
+    ap.add_argument("--experiment", help="experiment.json written by the mlflow_init rule (enables MLflow)")
+    ap.add_argument("--run-record", help="write the parent MLflow run id here (JSON)")
+    args = ap.parse_args(argv)
+
+    cfg = read_json(args.config)
+    spec = read_json(args.spec) if args.spec else None
+    tracker = None
+    if args.experiment:
+        from stripes.tracking import Tracker
+
+        tracker = Tracker.from_experiment_file(args.experiment)
+    result = run_study(cfg, spec, args.pe, args.context, args.out, tracker=tracker)
+    if args.run_record:
+        write_json({"run_id": result.get("mlflow_run_id"), "stage": "tune", "pe": args.pe, "context": args.context,
+                    "experiment_id": getattr(tracker, "experiment_id", None), "status": "FINISHED"}, args.run_record)
+    print(json.dumps({k: result[k] for k in ("pe", "context", "params", "value", "trial", "n_trials")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

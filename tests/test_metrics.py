@@ -1,0 +1,168 @@
+"""Metrics on hand-built pianorolls (paper-spec §5.2, §8.5). Every expected number is worked
+out by hand in the comment next to it, so a change of definition (onsets, units, eps, scaling,
+partial units) makes a test fail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stripes import metrics as M
+
+C, E, G = 60, 64, 67
+
+
+def roll(T: int, notes) -> np.ndarray:
+    """notes: (pitch, start, end_exclusive) -> (T, 128) binary roll."""
+    x = np.zeros((T, 128), dtype=np.float32)
+    for p, s, e in notes:
+        x[s:e, p] = 1
+    return x
+
+
+def test_onsets_count_rearticulation_and_first_frame():
+    # x(-1) = 0: a note active at frame 0 has its onset at 0; a gap re-articulates
+    x = roll(6, [(C, 0, 2), (C, 3, 5)])
+    on = M.onsets(x)
+    assert on[:, C].tolist() == [1, 0, 0, 1, 0, 0]
+    assert on.sum() == 2
+
+
+def test_identity_gives_perfect_scores():
+    # onsets in both half-measures (C at 0, E at 32) so every unit is non-empty
+    t = roll(64, [(C, 0, 8), (E, 32, 40)])
+    assert M.chroma_similarity(t, t) == pytest.approx(100.0)
+    assert M.ssm_distance(t, t) == pytest.approx(0.0)
+    assert M.grooving_similarity(t, t) == pytest.approx(100.0)
+    assert M.note_density_distance(t, t) == pytest.approx(0.0)
+
+
+def test_empty_prediction():
+    t = roll(64, [(C, 0, 8), (E, 32, 40)])
+    p = np.zeros_like(t)
+    assert M.chroma_similarity(p, t) == pytest.approx(0.0)  # cos with an empty vector is 0
+    assert M.note_density_distance(p, t) == pytest.approx(100.0)  # everything missing
+    # quarters: onsets in q0 and q2 of 4 -> 2 of 4 target quarters are silent -> GS 50
+    assert M.grooving_similarity(p, t) == pytest.approx(50.0)
+    assert M.grooving_similarity(p, t) == pytest.approx(100.0 - M.onset_rate(t))
+    # S_tgt = identity (C vs E orthogonal), S_pred = 0 -> mean |diff| = 2/4 = 0.5
+    assert M.ssm_distance(p, t, scale=50) == pytest.approx(25.0)
+    assert M.ssm_distance(p, t, scale=100) == pytest.approx(50.0)
+
+
+def test_shift_by_a_quarter():
+    # the prediction is the target delayed by 16 ticks: same chroma per half-measure, but every
+    # onset lands in the other quarter and no 16th overlaps
+    t = roll(64, [(C, 0, 4), (G, 32, 36)])
+    p = roll(64, [(C, 16, 20), (G, 48, 52)])
+    assert M.chroma_similarity(p, t) == pytest.approx(100.0)
+    assert M.ssm_distance(p, t) == pytest.approx(0.0)
+    assert M.grooving_similarity(p, t) == pytest.approx(0.0)  # g_t = 1010, g_p = 0101
+    assert M.note_density_distance(p, t) == pytest.approx(100.0)
+
+
+def test_swapped_half_measures_cs_zero_ssmd_zero():
+    # C|G vs G|C: every half-measure has the wrong chroma (CS 0), the self-similarity structure
+    # is identical (both identity matrices: SSMD 0)
+    t = roll(64, [(C, 0, 4), (G, 32, 36)])
+    p = roll(64, [(G, 0, 4), (C, 32, 36)])
+    assert M.chroma_similarity(p, t) == pytest.approx(0.0)
+    assert M.ssm_distance(p, t) == pytest.approx(0.0)
+
+
+def test_cs_partial_overlap_and_octave_invariance():
+    # one half-measure: target onsets C and E, prediction C -> cos = 1 / sqrt(2)
+    t = roll(32, [(C, 0, 4), (E, 0, 4)])
+    p = roll(32, [(C, 0, 4)])
+    assert M.chroma_similarity(p, t) == pytest.approx(100 / np.sqrt(2))
+    # C one octave up has the same chroma
+    assert M.chroma_similarity(roll(32, [(C + 12, 5, 9), (E - 12, 0, 2)]), t) == pytest.approx(100.0)
+
+
+def test_cs_counts_onsets_not_frames():
+    # a C held for 31 frames vs a C struck once: the same chroma onset vector -> CS 100;
+    # two C onsets + one E vs one C + one E: cos((2,1),(1,1)) = 3 / (sqrt5 sqrt2)
+    assert M.chroma_similarity(roll(32, [(C, 0, 31)]), roll(32, [(C, 0, 1)])) == pytest.approx(100.0)
+    p = roll(32, [(C, 0, 2), (C, 4, 6), (E, 0, 2)])
+    t = roll(32, [(C, 0, 2), (E, 0, 2)])
+    assert M.chroma_similarity(p, t) == pytest.approx(100 * 3 / (np.sqrt(5) * np.sqrt(2)))
+
+
+def test_cs_silent_target_half_measure_scores_zero_even_when_equal():
+    # a note sustained over both half-measures has one onset: unit 1 is empty in both rolls and
+    # contributes cos = 0, so pred == tgt gives CS 50 (the papers' and S24 code's definition)
+    t = roll(64, [(C, 0, 64)])
+    assert M.chroma_similarity(t, t) == pytest.approx(50.0)
+
+
+def test_ssmd_structure_difference():
+    # target C|C (S all ones), prediction C|G (S identity): |diff| = [[0,1],[1,0]] -> mean 0.5
+    t = roll(64, [(C, 0, 4), (C, 32, 36)])
+    p = roll(64, [(C, 0, 4), (G, 32, 36)])
+    assert M.ssm_distance(p, t, 50) == pytest.approx(25.0)
+    assert M.ssm_distance(p, t, 100) == pytest.approx(50.0)
+    s = M.self_similarity(t)
+    assert s.shape == (2, 2) and np.allclose(s, 1.0)
+
+
+def test_gs_quarter_agreement():
+    # target onsets in quarters 0 and 1, prediction in quarters 0 and 2 (of 4): g_t = 1100,
+    # g_p = 1010 -> agreement at q0 and q3 -> 50
+    t = roll(64, [(C, 0, 4), (E, 16, 20)])
+    p = roll(64, [(G, 2, 4), (E, 33, 40)])
+    assert M.grooving_similarity(p, t) == pytest.approx(50.0)
+    # an onset of a different pitch still counts as an onset in that quarter
+    assert M.grooving_similarity(roll(64, [(G, 5, 6), (E, 20, 21)]), t) == pytest.approx(100.0)
+
+
+def test_ndd_relative_missing_cells():
+    # 16th 0: target C,E,G x 4 ticks = 12 cells, prediction C x 4 = 4 -> missing 8/12
+    # 16th 1: target 1 cell (C at tick 4), prediction 0 -> missing 1
+    # 16th 2..: target silent, prediction plays (not penalised, and not in the mean)
+    t = roll(16, [(C, 0, 4), (E, 0, 4), (G, 0, 4), (C, 4, 5)])
+    p = roll(16, [(C, 0, 4), (G, 8, 16)])
+    assert M.note_density_distance(p, t) == pytest.approx(100 * (8 / 12 + 1) / 2)
+    # denser prediction than target: clipped at 0 missing
+    assert M.note_density_distance(roll(16, [(p_, 0, 16) for p_ in range(40, 80)]), t) == pytest.approx(0.0)
+    # silent target: nothing to miss
+    assert M.note_density_distance(p, np.zeros_like(t)) == 0.0
+
+
+def test_partial_trailing_unit_is_kept():
+    # T = 40: half-measures are [0,32) and the 8-tick partial [32,40); an onset at tick 36 lies
+    # in the partial unit, which counts (zero-padding): CS(pred=tgt) = (0 + 1) / 2 = 50
+    t = roll(40, [(C, 36, 38)])
+    assert M.chroma_onsets(t).shape == (2, 12)
+    assert M.chroma_similarity(t, t) == pytest.approx(50.0)
+    # quarters: 3 (last one 8 ticks); empty prediction misses only q2 -> GS 2/3
+    assert M.grooving_similarity(np.zeros_like(t), t) == pytest.approx(200 / 3)
+
+
+def test_batch_matches_single_windows():
+    rng = np.random.default_rng(0)
+    p = (rng.random((3, 128, 128)) > 0.97).astype(np.float32)
+    t = (rng.random((3, 128, 128)) > 0.97).astype(np.float32)
+    allm = M.compute_metrics(p, t, s24=True)
+    for i in range(3):
+        assert allm["cs"][i] == pytest.approx(M.chroma_similarity(p[i], t[i]))
+        assert allm["ssmd50"][i] == pytest.approx(M.ssm_distance(p[i], t[i], 50))
+        assert allm["ssmd100"][i] == pytest.approx(2 * allm["ssmd50"][i])
+        assert allm["gs"][i] == pytest.approx(M.grooving_similarity(p[i], t[i]))
+        assert allm["ndd"][i] == pytest.approx(M.note_density_distance(p[i], t[i]))
+        assert allm["ndd_s24"][i] == pytest.approx(M.note_density_distance_s24(p[i], t[i]))
+    assert set(M.METRIC_NAMES) <= set(allm)
+
+
+def test_s24_variants_hand_values():
+    # raw density: 16th 0 has |4 - 12| = 8, 16th 1 has |0 - 1| = 1, 16ths 2, 3: |8 - 0| = 8 -> 17/4
+    t = roll(16, [(C, 0, 4), (E, 0, 4), (G, 0, 4), (C, 4, 5)])
+    p = roll(16, [(C, 0, 4), (G, 8, 16)])
+    assert M.note_density_distance_s24(p, t) == pytest.approx(17 / 4)
+    # identical rolls: SSMD 0; histogram overlap = all 16ths in common bins / 20 bins
+    assert M.ssm_distance_s24(t, t) == pytest.approx(0.0)
+    assert M.grooving_similarity_s24(t, t) == pytest.approx(4 / 20)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        M.chroma_similarity(np.zeros((32, 128)), np.zeros((64, 128)))

@@ -1,0 +1,198 @@
+"""Kernel identities of the PE zoo in float64 (paper-spec §8.1-8.2)."""
+
+import math
+
+import pytest
+import torch
+
+from stripes.pe.ape import APE
+from stripes.pe.fstripe import FStripe
+from stripes.pe.fstripe1 import FStripe1
+from stripes.pe.rope import RoPE, rope_frequencies
+from stripes.pe.ropepool import RoPEPool
+from stripes.pe.spe import SineSPE
+from stripes.pe.srpe import SSRPE, s24_sinusoid
+
+H, D = 2, 8
+
+
+def _make(cls, L=1, **kw):
+    return cls(n_heads=H, head_dim=D, context_dim=L, d_model=H * D, n_layers=2, **kw).double()
+
+
+def _qk(t=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(1, H, t, D, generator=g, dtype=torch.float64) for _ in range(2))
+
+
+def _pos(t=6, L=1, seed=1):
+    return torch.randint(0, 40, (1, t, L), generator=torch.Generator().manual_seed(seed)).double()
+
+
+def _scores(pe, q, k, pos):
+    qt, kt = pe.transform_qk(q, k, pe.prepare(pos), 0)
+    return qt @ kt.transpose(-1, -2)  # (1,H,T,T)
+
+
+def _random_freqs(pe, seed=5):
+    with torch.no_grad():
+        pe.angles.omega.copy_(torch.rand(pe.angles.omega.shape, generator=torch.Generator().manual_seed(seed)) * 2)
+
+
+def test_rope_frequency_schedules():
+    a = rope_frequencies(4, 64, "shared")
+    b = rope_frequencies(4, 64, "interleaved")
+    assert torch.equal(a[0], a[3]) and torch.allclose(a[0, 1], torch.tensor(10000 ** (-2 / 128), dtype=a.dtype))
+    torch.testing.assert_close(b[0], a[0])
+    # interleaved: the 4 heads together cover 256 distinct, log-spaced frequencies
+    allf = b.T.flatten()
+    assert allf.unique().numel() == 256 and torch.all(allf[1:] < allf[:-1])
+
+
+@pytest.mark.parametrize("L", [1, 3])
+def test_rope_equals_eq14(L):
+    pe = _make(RoPE, L, learnable=True)
+    _random_freqs(pe)
+    q, k = _qk()
+    pos = _pos(L=L)
+    theta = pe.angles(pos)[0]  # (H,T,D/2)
+    q1, q2, k1, k2 = q[0, ..., 0::2], q[0, ..., 1::2], k[0, ..., 0::2], k[0, ..., 1::2]
+    dm = theta[:, :, None, :] - theta[:, None, :, :]  # (H,m,n,d)
+    expected = ((q1[:, :, None] * k1[:, None] + q2[:, :, None] * k2[:, None]) * torch.cos(dm)
+                + (q1[:, :, None] * k2[:, None] - q2[:, :, None] * k1[:, None]) * torch.sin(dm)).sum(-1)
+    torch.testing.assert_close(_scores(pe, q, k, pos)[0], expected)
+
+
+@pytest.mark.parametrize("cls,L", [(RoPE, 1), (RoPE, 12), (FStripe1, 1), (FStripe1, 3)])
+def test_scores_depend_only_on_position_differences(cls, L):
+    kw = {"unpooled": True} if cls is FStripe1 else {}
+    pe = _make(cls, L, **kw)
+    q, k = _qk()
+    g = torch.Generator().manual_seed(3)
+    # non-monotone structural streams (labels jump back and forth), vector positions
+    pos = torch.randint(0, 12, (1, 6, L), generator=g).double()
+    shift = torch.randn(1, 1, L, generator=g, dtype=torch.float64) * 7
+    torch.testing.assert_close(_scores(pe, q, k, pos + shift), _scores(pe, q, k, pos))
+    # and content-independent positions matter: a permuted stream changes the scores
+    assert not torch.allclose(_scores(pe, q, k, pos.flip(1)), _scores(pe, q, k, pos))
+
+
+def test_ropepool_equals_eq23_and_eq26():
+    pe = _make(RoPEPool)
+    _random_freqs(pe)
+    q, k = _qk()
+    pos = _pos()
+    theta = pe.angles(pos)[0]
+    q1, q2, k1, k2 = (x[:, :, None] if i < 2 else x[:, None] for i, x in
+                      enumerate((q[0, ..., 0::2], q[0, ..., 1::2], k[0, ..., 0::2], k[0, ..., 1::2])))
+    dm = theta[:, :, None] - theta[:, None]
+    dp = theta[:, :, None] + theta[:, None]
+    eq23 = ((q1 * k1 + q2 * k2) * torch.cos(dm) + (q1 * k2 - q2 * k1) * torch.sin(dm)
+            + (q1 * k1 - q2 * k2) * torch.sin(dp) + (q1 * k2 + q2 * k1) * torch.cos(dp)).sum(-1)
+    scores = _scores(pe, q, k, pos)[0]
+    torch.testing.assert_close(scores, eq23)
+    assert pe.d_in == D // 2
+    # eq. 26: unit pairs at angles psi -> sum_d 2 cos(psi_q + theta_m - pi/4) cos(psi_k + theta_n - pi/4)
+    g = torch.Generator().manual_seed(4)
+    psi_q, psi_k = (torch.rand(1, H, 6, D // 2, generator=g, dtype=torch.float64) * 6 for _ in range(2))
+    qu = torch.stack([torch.cos(psi_q), torch.sin(psi_q)], -1).flatten(-2)
+    ku = torch.stack([torch.cos(psi_k), torch.sin(psi_k)], -1).flatten(-2)
+    a = psi_q[0][:, :, None] + theta[:, :, None] - math.pi / 4
+    b = psi_k[0][:, None] + theta[:, None] - math.pi / 4
+    eq26 = (2 * torch.cos(a) * torch.cos(b)).sum(-1)
+    torch.testing.assert_close(_scores(pe, qu, ku, pos)[0], eq26)
+    # Delta+ terms: unlike RoPE, shifting all positions changes the scores
+    assert not torch.allclose(_scores(pe, q, k, pos + 3.0), scores)
+
+
+@pytest.mark.parametrize("L", [1, 3])
+def test_fstripe_diagonal_is_rff_mixture_and_full_is_cross_sum(L):
+    pe = _make(FStripe, L, num_sines=4)
+    q, k = _qk()
+    pos = _pos(L=L)
+    oq, ok = pe.prepare(pos)  # (1,H,T,D,2N)
+    f = torch.sigmoid(pe.freq_logit) / 2  # (H,D,N,L)
+    lam2 = torch.nn.functional.softplus(pe.gain_logit) ** 2
+    dpos = pos[0][:, None] - pos[0][None]  # (m,n,L)
+    mix = (lam2[:, None, None] * torch.cos(2 * math.pi * torch.einsum("mnl,hdkl->hmndk", dpos, f)
+                                            + pe.phase[:, None, None])).mean(-1)  # (H,m,n,D)
+    diag = torch.einsum("hmdj,hndj->hmnd", oq[0], ok[0])
+    torch.testing.assert_close(diag, mix)
+    cross = torch.einsum("hmd,hne,hmdj,hnej->hmn", q[0], k[0], oq[0], ok[0])
+    torch.testing.assert_close(_scores(pe, q, k, pos)[0], cross)
+    # cross terms are not zero: the pooled kernel differs from the diagonal-only one
+    assert not torch.allclose(cross, torch.einsum("hmd,hnd,hmnd->hmn", q[0], k[0], diag))
+
+
+def test_fstripe1_pooled_and_unpooled():
+    pe = _make(FStripe1)
+    _random_freqs(pe)
+    q, k = _qk()
+    pos = _pos()
+    theta = pe.angles(pos)[0]  # (H,T,D)
+    dm = theta[:, :, None, :, None] - theta[:, None, :, None, :]  # (H,m,n,d,d')
+    full = torch.einsum("hmd,hne,hmnde->hmn", q[0], k[0], torch.cos(dm))
+    torch.testing.assert_close(_scores(pe, q, k, pos)[0], full)
+    assert pe.d_in == 2
+    pe.unpooled = True
+    diag = torch.einsum("hmd,hnd,hmnd->hmn", q[0], k[0], torch.cos(torch.diagonal(dm, dim1=-2, dim2=-1)))
+    torch.testing.assert_close(_scores(pe, q, k, pos)[0], diag)
+    assert pe.d_in == 2 * D
+
+
+def test_spe_monte_carlo_converges_to_sine_mixture():
+    R, K = 32, 3
+    pe = _make(SineSPE, realizations=R, num_sines=K, gated=False).train()
+    pos = torch.arange(5, dtype=torch.float64).view(1, 5, 1)
+    torch.manual_seed(0)
+    n = 400
+    acc = 0
+    for _ in range(n):
+        qb, kb = pe.realisations(pe.prepare(pos))  # (1,H,T,D,R)
+        acc = acc + torch.einsum("hmdr,hndr->hmnd", qb[0], kb[0]) / n
+    f = torch.sigmoid(pe.freq_logit[..., 0]) / 2  # (H,D,K)
+    lam2 = torch.nn.functional.softplus(pe.gain_logit) ** 2
+    lag = pos[0, :, 0][:, None] - pos[0, :, 0][None]
+    kernel = (lam2[:, None, None] * torch.cos(2 * math.pi * lag[None, :, :, None, None] * f[:, None, None]
+                                              + pe.phase[:, None, None])).sum(-1)
+    kernel = kernel * R / (2 * K * math.sqrt(R * D))  # the code's (R D)^(-1/4) scaling on both sides
+    err = (acc - kernel).abs().max().item()
+    scale = kernel.abs().max().item()
+    assert err < 0.1 * scale, (err, scale)
+
+
+def test_spe_eval_noise_fixed_train_noise_fresh():
+    pe = _make(SineSPE, realizations=4, num_sines=2)
+    pos = _pos()
+    pe.eval()
+    a = pe.prepare(pos)[2]
+    assert torch.equal(a, pe.prepare(pos)[2])
+    pe.train()
+    assert not torch.equal(pe.prepare(pos)[2], pe.prepare(pos)[2])
+
+
+def test_ssrpe_sinusoid_and_bias():
+    delta = torch.tensor([0.0, 3.0, -250.0], dtype=torch.float64)
+    e = s24_sinusoid(delta, 8, 7920)
+    for j in range(8):
+        w = 7920 ** (-2 * ((j + 1) // 2) / 8)
+        fn = math.sin if j % 2 == 0 else math.cos
+        torch.testing.assert_close(e[:, j], torch.tensor([fn(d * w) for d in delta.tolist()], dtype=torch.float64))
+    pe = _make(SSRPE, L=3)
+    q, _ = _qk()
+    pos = _pos(L=3)
+    bias = pe.logit_bias(q, pe.prepare(pos), layer=1)
+    m, n = 4, 1
+    es = sum(pe.layer_proj[1](pe.structure_proj[s](s24_sinusoid(pos[0, m, s] - pos[0, n, s], H * D, pe.bases[s])))
+             for s in range(3))
+    for h in range(H):
+        torch.testing.assert_close(bias[0, h, m, n], q[0, h, m] @ es[h::H] / math.sqrt(D))
+
+
+def test_ape_adds_vaswani_table():
+    pe = _make(APE)
+    pos = torch.arange(5, dtype=torch.float64).view(1, 5, 1)
+    out = pe.embed(torch.zeros(1, 5, 16, dtype=torch.float64), pos)
+    i = torch.arange(8, dtype=torch.float64)
+    torch.testing.assert_close(out[0, 3, 0::2], torch.sin(3 / 10000 ** (2 * i / 16)))
+    torch.testing.assert_close(out[0, 3, 1::2], torch.cos(3 / 10000 ** (2 * i / 16)))

@@ -1,0 +1,281 @@
+"""Training loop: schedule pieces, end-to-end CPU run on real POP909 songs, checkpoints that load
+with weights_only, same-seed determinism, exact resume after SIGKILL, NaN handling, callback.
+
+The data fixture prepares 4 real songs (split seed 5: train 002+004, val 003, test 001) with the
+real data stage and trains the real model at a tiny size; it skips when ../shared is absent."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from stripes import train as T
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------- pure pieces
+
+
+def test_lr_factor_chains_warmup_and_steplr():
+    f = T.LRFactor(steps_per_epoch=10, warmup_epochs=3, gamma=0.5)
+    # warm-up over 30 steps: (s+1)/30, multiplied by gamma**epoch
+    assert f(0) == pytest.approx(1 / 30)
+    assert f(9) == pytest.approx(10 / 30)
+    assert f(10) == pytest.approx(11 / 30 * 0.5)
+    assert f(29) == pytest.approx(1.0 * 0.25)
+    assert f(30) == pytest.approx(0.125)  # warm-up over, epoch 3
+    assert T.LRFactor(10, 0, 0.85)(0) == 1.0  # no warm-up
+
+
+def test_curriculum_length():
+    # L_s = (W - m) * s // S_c + m for s <= S_c, W afterwards
+    assert T.curriculum_length(0, 1024, 300, 16) == 16
+    assert T.curriculum_length(150, 1024, 300, 16) == (1024 - 16) * 150 // 300 + 16
+    assert T.curriculum_length(299, 1024, 300, 16) == (1024 - 16) * 299 // 300 + 16
+    assert T.curriculum_length(300, 1024, 300, 16) == 1024
+    assert T.curriculum_length(5, 1024, 0, 16) == 1024  # disabled
+
+
+def test_validation_points_and_permutation():
+    assert T.validation_points(100, 20) == list(range(5, 101, 5))
+    assert T.validation_points(3, 20) == [1, 2, 3]  # fewer steps than validations: every step
+    assert T.validation_points(7, 2) == [4, 7]  # the last point is always the epoch end
+    p0, p0b, p1 = T.epoch_permutation(3, 0, 50), T.epoch_permutation(3, 0, 50), T.epoch_permutation(3, 1, 50)
+    assert p0 == p0b and p0 != p1 and sorted(p0) == list(range(50))
+    assert T.epoch_permutation(4, 0, 50) != p0  # the seed matters
+
+
+def test_unknown_train_key_is_an_error():
+    with pytest.raises(KeyError, match="lr_typo"):
+        T.train_config({"train": {"lr_typo": 1}})
+
+
+# ---------------------------------------------------------------------------- real data + model
+
+
+@pytest.fixture(scope="module")
+def data_dir(pop909_dir, structure_dir, tmp_path_factory):
+    from stripes.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data4")
+    prepare({"out_dir": str(out), "pop909_dir": str(pop909_dir), "structure_dir": str(structure_dir),
+             "download": False, "max_songs": 4, "split_fractions": [0.5, 0.25, 0.25], "split_seed": 5},
+            jobs=1, verify_files=False, log=lambda *a, **k: None)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_cfg(data_dir, seed: int = 0, pe: str = "rope_c", context: str = "bin", **train) -> dict:
+    """7 training windows, batch 2 -> 4 steps per epoch; 2 validations per epoch on 2 windows."""
+    from stripes.config import load_pe_registry
+
+    registry = load_pe_registry({"pe_registry": str(ROOT / "config" / "pe.yaml")}, root=ROOT)
+    tc = {"lr": 2e-3, "batch_size": 2, "epochs": 2, "warmup_epochs": 1, "curriculum_epochs": 1,
+          "curriculum_min_frames": 16, "grad_clip": 1.0, "val_per_epoch": 2, "max_val_windows": 2,
+          "num_threads": 1, "progress": False, "device": "cpu"}
+    tc.update(train)
+    return {
+        "run": {"pe": pe, "context": context, "seed": seed, "stage": "train", "settings": ["test_16", "test_64"]},
+        "data": {"out_dir": str(data_dir), "window_bars": 16, "long_window_bars": 64},
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 32, "n_features": 16, "chunk_size": 64},
+        "train": tc,
+        "eval": {"n_samples": 1, "max_val_windows": 2},
+        "pe_entry": {"name": pe, **registry[pe]},  # as stripes.config.resolve_run_config writes it
+    }
+
+
+def _curves(out: Path) -> list[tuple]:
+    # everything but frames_per_s (wall-clock) must match between equivalent runs
+    return [(r["step"], r["epoch"], r["train_loss"], r["val_loss"], r["lr"]) for r in T.read_curves(out / "curves.csv")]
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def reference_run(data_dir, tmp_path_factory):
+    """Uninterrupted 4-epoch run (16 steps, 8 validations), in process."""
+    out = tmp_path_factory.mktemp("ref")
+    cfg = tiny_cfg(data_dir, epochs=4)
+    summary = T.train(cfg, out)
+    return cfg, out, summary
+
+
+@pytest.mark.data
+def test_end_to_end_outputs(reference_run):
+    cfg, out, summary = reference_run
+    for name in ("last.pt", "best.pt", "curves.csv", "curves.png", "train.json"):
+        assert (out / name).exists(), name
+    js = json.loads((out / "train.json").read_text())
+    assert js["finished"] is True and js["steps"] == 16 and js["epochs"] == 4 and js["steps_per_epoch"] == 4
+    assert js["best_val_loss"] == min(r[3] for r in _curves(out))
+    rows = T.read_curves(out / "curves.csv")
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert list(rows[0]) == T.CURVE_FIELDS
+    # the loss goes down on these few steps (the model learns something at all)
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]
+    # lr follows the chained schedule: lr of the update that ended at step 2 is that of step 1
+    assert rows[0]["lr"] == pytest.approx(2e-3 * T.LRFactor(4, 1, 0.85)(1))
+    assert rows[-1]["lr"] == pytest.approx(2e-3 * 0.85**3)
+    # checkpoints load with weights_only=True and hold everything needed to resume
+    ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "rng", "step", "best_val_loss", "history"} <= set(ck)
+    assert ck["step"] == 16
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    assert best["step"] == js["best_step"]
+    assert not list(out.glob(".*tmp*"))  # no leftover temporary files
+
+
+@pytest.mark.data
+def test_same_seed_is_deterministic_and_seed_matters(reference_run, tmp_path):
+    cfg, out, _ = reference_run
+    again = tmp_path / "again"
+    T.train(cfg, again)
+    assert _curves(again) == _curves(out)
+    assert _same_weights(again / "last.pt", out / "last.pt")
+    other = tmp_path / "seed1"
+    T.train({**cfg, "run": {**cfg["run"], "seed": 1}}, other)
+    assert _curves(other) != _curves(out)  # the comparison above can fail
+
+
+def _wait_for_step(out: Path, proc: subprocess.Popen, min_step: int, timeout: float = 120) -> int:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if (out / "curves.csv").exists():
+            rows = T.read_curves(out / "curves.csv")
+            if rows and rows[-1]["step"] >= min_step:
+                return rows[-1]["step"]
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early with {proc.returncode}")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+@pytest.mark.data
+def test_resume_after_sigkill_is_exact(reference_run, tmp_path):
+    cfg, ref, ref_summary = reference_run
+    cfg_path = tmp_path / "run.json"
+    cfg_path.write_text(json.dumps(cfg))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "stripes.train", "--config", str(cfg_path), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # kill twice at different points (shortly after a checkpoint, i.e. in the middle of later steps)
+    for min_step, delay in ((4, 0.05), (8, 0.05)):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reached = _wait_for_step(out, proc, min_step)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # the kill must have landed before the end, or this test proves nothing
+        assert not (out / "train.json").exists(), f"run finished before the kill (step {reached})"
+        torch.load(out / "last.pt", map_location="cpu", weights_only=True)  # never a broken file
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    js = json.loads((out / "train.json").read_text())
+    for key in ("best_val_loss", "best_step", "steps", "final_train_loss", "final_val_loss"):
+        assert js[key] == ref_summary[key], key
+    assert _curves(out) == _curves(ref)
+    assert _same_weights(out / "last.pt", ref / "last.pt")
+    assert _same_weights(out / "best.pt", ref / "best.pt")
+
+
+@pytest.mark.data
+def test_nan_loss_stops_with_clear_error_and_keeps_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    # inject NaN logits from the 6th training forward on (step 5; checkpoints exist at steps 2, 4)
+    real = T.make_model
+    calls = {"n": 0}
+
+    def poisoned(cfg):
+        model = real(cfg)
+        forward = model.forward
+
+        def fwd(x, pos):
+            out = forward(x, pos)
+            if model.training:
+                calls["n"] += 1
+                if calls["n"] >= 6:
+                    out = out * float("nan")
+            return out
+
+        model.forward = fwd
+        return model
+
+    monkeypatch.setattr(T, "make_model", poisoned)
+    cfg = tiny_cfg(data_dir)
+    with pytest.raises(T.NonFiniteLossError, match=r"rope_c/bin/seed0.*step 5"):
+        T.train(cfg, tmp_path)
+    ck = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
+    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert not (tmp_path / "train.json").exists()
+
+
+@pytest.mark.data
+def test_huge_lr_diverges_with_error_not_broken_checkpoint(data_dir, tmp_path):
+    cfg = tiny_cfg(data_dir, lr=1e30, warmup_epochs=0, grad_clip=0, val_per_epoch=4)
+    with pytest.raises(T.NonFiniteLossError, match="rope_c/bin/seed0"):
+        T.train(cfg, tmp_path)
+    for name in ("last.pt", "best.pt"):
+        if (tmp_path / name).exists():
+            ck = torch.load(tmp_path / name, map_location="cpu", weights_only=True)
+            assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.data
+def test_callback_events_and_pruning_leaves_resumable_state(data_dir, tmp_path, reference_run):
+    optuna = pytest.importorskip("optuna")
+    events = []
+
+    def cb(event):
+        events.append(event)
+        if event["step"] == 6:
+            raise optuna.TrialPruned("pruned at step 6")
+
+    cfg = tiny_cfg(data_dir, epochs=4)
+    with pytest.raises(optuna.TrialPruned):
+        T.train(cfg, tmp_path, callback=cb)
+    assert [e["step"] for e in events] == [2, 4, 6]
+    assert {"epoch", "step", "train_loss", "val_loss", "lr", "frames_per_s"} <= set(events[0])
+    assert all(math.isfinite(e["val_loss"]) for e in events)
+    # the checkpoint written before the callback is complete: resuming finishes like the reference
+    T.train(cfg, tmp_path)
+    assert _curves(tmp_path) == _curves(reference_run[1])
+
+
+@pytest.mark.data
+def test_resume_refuses_a_different_config(data_dir, tmp_path):
+    cfg = tiny_cfg(data_dir, epochs=1)
+    T.train(cfg, tmp_path)
+    with pytest.raises(ValueError, match="no-resume"):
+        T.train(tiny_cfg(data_dir, epochs=1, lr=1e-4), tmp_path)
+    # --no-resume starts over
+    T.train(tiny_cfg(data_dir, epochs=1, lr=1e-4), tmp_path, resume=False)
+
+
+@pytest.mark.data
+def test_cli_main(data_dir, tmp_path, capsys):
+    cfg_path = tmp_path / "run.json"
+    cfg_path.write_text(json.dumps(tiny_cfg(data_dir, epochs=1, max_train_windows=2)))
+    assert T.main(["--config", str(cfg_path), "--out", str(tmp_path / "o"), "--device", "cpu", "--no-resume"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 1
