@@ -48,7 +48,7 @@ def test_track_order_by_name_not_position(tmp_path):
 
 def test_overlapping_same_pitch_merges(tmp_path):
     path = write_midi(tmp_path / "c.mid", {
-        "MELODY": [(60, 0, 480), (60, 240, 960)], "BRIDGE": [], "PIANO": [(30, 0, 30)]})
+        "MELODY": [(60, 0, 480), (60, 240, 960)], "BRIDGE": [(70, 0, 30)], "PIANO": [(30, 0, 30)]})
     roll = load_pianoroll(path).roll
     assert roll[:, 60].sum() == 32 and roll.shape[0] == 32
 
@@ -60,8 +60,14 @@ def test_missing_piano_track(tmp_path):
 
 
 def test_empty_file(tmp_path):
-    path = write_midi(tmp_path / "e.mid", {"MELODY": [], "BRIDGE": [], "PIANO": []})
-    with pytest.raises(SongError, match="no notes"):
+    # a valid MIDI file without any track or note
+    path = write_midi(tmp_path / "e.mid", {})
+    with pytest.raises(SongError, match="e.mid: missing track"):
+        load_pianoroll(path)
+    # tracks whose only notes vanish at 16 tpq (7 source ticks = 0.23 of a 16th tick)
+    path = write_midi(tmp_path / "e2.mid", {"MELODY": [(60, 0, 7)], "BRIDGE": [(61, 0, 7)],
+                                            "PIANO": [(62, 0, 7)]})
+    with pytest.raises(SongError, match="no notes longer than one tick"):
         load_pianoroll(path)
 
 

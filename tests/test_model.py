@@ -147,6 +147,22 @@ def test_autocast_bf16_cpu(name, context):
     y.float().sum().backward()
 
 
+@pytest.mark.parametrize("name", ["rope_c", "fstripe", "fstripe_sff", "ropepool"])
+def test_autocast_keeps_positions_in_full_precision(name):
+    # bf16 holds integers exactly only up to 256 (chord ids reach 394, time 4095), and vector
+    # positions go through a matmul that autocast would run in bf16
+    ctx = CONTEXTS["mcp"]
+    model = _model(name, ctx, dropout=0.0).float().eval()
+    pos = _positions(ctx, b=1).float() + 3001
+    with torch.no_grad():
+        ref = model.pe.prepare(pos)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.pe.prepare(pos)
+    for a, b in zip(ref, low):
+        assert b.dtype == a.dtype
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,context", [("ropepool", "bin"), ("fstripe", "mcp"), ("s_srpe", "mcp")])
 def test_cuda_matches_cpu_and_autocast(name, context):

@@ -37,7 +37,6 @@ def test_stable_seed_is_stable_and_distinct():
                            env={"PYTHONHASHSEED": str(i)}).stdout.strip() for i in range(3)}
     assert outs == {str(stable_seed("tune", "rope_c", "bin"))}
     assert tune.sampler_seed("rope_c", "bin") != tune.sampler_seed("rope_c", "key")
-    assert tune.sampler_seed("rope_c", "bin") == 1_395_087_474 or True  # value pinned below
     assert 0 <= tune.sampler_seed("rope_c", "bin") < 2**31
 
 
@@ -147,8 +146,9 @@ def test_tiny_real_torch_objective_is_deterministic(tmp_path):
             trial.report(float(loss), step)
         return best
 
-    a = tune.run_study(base_cfg(), {}, "nope", "time", tmp_path / "a", objective=objective)
-    b = tune.run_study(base_cfg(), {}, "nope", "time", tmp_path / "b", objective=objective)
+    spec = {"space": {"train.lr": {"type": "categorical", "choices": [1e-3, 1e-2, 1e-1]}}}
+    a = tune.run_study(base_cfg(), spec, "nope", "time", tmp_path / "a", objective=objective)
+    b = tune.run_study(base_cfg(), spec, "nope", "time", tmp_path / "b", objective=objective)
     assert a["params"] == b["params"] == {"train.lr": 1e-1}
     assert a["value"] == b["value"]
 

@@ -43,6 +43,28 @@ def threshold(prob: np.ndarray, tau: float) -> np.ndarray:
     return np.asarray(prob) >= tau
 
 
+def gap_lengths(roll: np.ndarray, axis: int = -2) -> np.ndarray:
+    """Length of the enclosed silent gap each frame belongs to (int32, same shape as ``roll``).
+
+    For a silent frame t of a pitch with an active frame a < t before it and b > t after it (the
+    nearest ones), the value is ``b - a - 1``; active frames and leading/trailing silence get a
+    value larger than any gap (T + 1). ``merge_gaps(roll, s) == roll | (gap_lengths(roll) <= s)``.
+    """
+    x = np.asarray(roll) > 0
+    axis = axis % x.ndim
+    t = x.shape[axis]
+    shape = [1] * x.ndim
+    shape[axis] = t
+    idx = np.arange(t, dtype=np.int32).reshape(shape)
+    # last active index at or before t (-1 if none); next active index at or after t (t if none)
+    prev = np.maximum.accumulate(np.where(x, idx, np.int32(-1)), axis=axis)
+    rev = np.flip(np.where(x, idx, np.int32(t)), axis=axis)
+    nxt = np.flip(np.minimum.accumulate(rev, axis=axis), axis=axis)
+    gl = nxt - prev - 1
+    gl[x | (prev < 0) | (nxt >= t)] = t + 1
+    return gl
+
+
 def merge_gaps(roll: np.ndarray, gap: int, axis: int = -2) -> np.ndarray:
     """Fill every run of at most ``gap`` silent frames enclosed by active frames of the same pitch.
 
@@ -56,16 +78,10 @@ def merge_gaps(roll: np.ndarray, gap: int, axis: int = -2) -> np.ndarray:
     A silent frame t of pitch p is filled when the previous active frame a < t and the next
     active frame b > t exist and the gap between them, ``b - a - 1``, is at most ``gap``.
     """
-    x = np.moveaxis(np.asarray(roll) > 0, axis, -1)
+    x = np.asarray(roll) > 0
     if gap <= 0:
-        return np.moveaxis(x.copy(), -1, axis)
-    t = x.shape[-1]
-    idx = np.arange(t, dtype=np.int64)
-    # last active index at or before t (-1 if none); next active index at or after t (t if none)
-    prev = np.maximum.accumulate(np.where(x, idx, -1), axis=-1)
-    nxt = np.minimum.accumulate(np.where(x, idx, t)[..., ::-1], axis=-1)[..., ::-1]
-    fill = (~x) & (prev >= 0) & (nxt < t) & (nxt - prev - 1 <= gap)
-    return np.moveaxis(x | fill, -1, axis)
+        return x.copy()
+    return x | (gap_lengths(x, axis) <= gap)
 
 
 def binarize(prob: np.ndarray, strategy: str, tau: float, gap: int = 0) -> np.ndarray:
@@ -127,14 +143,28 @@ def evaluate_grid(
 
     Returns:
         one dict per candidate: metric name -> mean over windows, plus ``n_windows``.
+
+    Per chunk and threshold the thresholded roll and its gap lengths are computed once and
+    shared by all merge gaps of that threshold.
     """
     sums: list[dict[str, float]] = [dict() for _ in grid]
     n = 0
     for prob, tgt in batches:
         n += len(prob)
-        for acc, cand in zip(sums, grid):
-            for k, v in metric_fn(cand.apply(prob), tgt).items():
-                acc[k] = acc.get(k, 0.0) + float(np.sum(v))
+        tgt = np.asarray(tgt) > 0
+        for tau in sorted({c.threshold for c in grid}):
+            x = threshold(prob, tau)
+            gl = None
+            for i, cand in enumerate(grid):
+                if cand.threshold != tau:
+                    continue
+                if cand.strategy == "merge" and cand.gap > 0:
+                    gl = gap_lengths(x) if gl is None else gl
+                    pred = x | (gl <= cand.gap)
+                else:
+                    pred = x
+                for k, v in metric_fn(pred, tgt).items():
+                    sums[i][k] = sums[i].get(k, 0.0) + float(np.sum(v))
     return [{**{k: v / max(n, 1) for k, v in acc.items()}, "n_windows": n} for acc in sums]
 
 

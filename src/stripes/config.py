@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
-import inspect
 import json
 import re
 from dataclasses import dataclass, field
@@ -36,7 +34,6 @@ SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")  # lowercase snake_case, no "__", no "/"
-PE_ALLOW_PREFIX = "stripes.pe."
 SETTINGS = {"test_16": "Train 16 / Test 16", "test_64": "Train 16 / Test 64"}
 METRICS = {"cs": "max", "ssmd": "min", "gs": "max", "ndd": "min"}  # direction of "better"
 RUN_SECTIONS = ("data", "model", "train", "eval")
@@ -106,73 +103,16 @@ def load_pe_registry(cfg: dict, root: str | Path | None = None) -> dict:
     return reg
 
 
-def _import_pe_class(name: str, entry: dict):
-    cls_path = entry.get("class")
-    if not isinstance(cls_path, str) or not cls_path.startswith(PE_ALLOW_PREFIX):
-        raise ConfigError(
-            f"pe_registry entry {name!r}: class {cls_path!r} is outside the allow-list "
-            f"(must start with {PE_ALLOW_PREFIX!r})"
-        )
-    module_name, _, attr = cls_path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-        cls = getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"pe_registry entry {name!r}: cannot import class {cls_path!r} ({exc})") from None
-    try:
-        from stripes.pe import PositionalEncoding  # the PE engineer's base class
-    except ImportError:  # pragma: no cover - only while stripes.pe is being written
-        PositionalEncoding = None
-    if PositionalEncoding is not None and not (inspect.isclass(cls) and issubclass(cls, PositionalEncoding)):
-        raise ConfigError(f"pe_registry entry {name!r}: {cls_path} is not a subclass of stripes.pe.PositionalEncoding")
-    return cls
-
-
-def _builder_supplied_args() -> set[str]:
-    """Constructor arguments that ``build_pe`` supplies itself (not written in the registry)."""
-    try:
-        from stripes import pe as pe_pkg
-
-        supplied = getattr(pe_pkg, "BUILDER_ARGS", None)
-        if supplied:
-            return set(supplied)
-    except ImportError:  # pragma: no cover
-        pass
-    return {"context_dim", "regular_grid", "n_heads", "head_dim", "d_model", "n_layers", "n_features", "max_len"}
-
-
 def check_pe_entry(name: str, entry: Any) -> type:
-    """Check one registry entry: name, closed keys, class allow-list and import, kwargs binding."""
-    if not NAME_RE.match(str(name)):
-        raise ConfigError(f"pe_registry entry {name!r}: bad name (lowercase snake_case, no '__', no '/')")
-    if not isinstance(entry, dict):
-        raise ConfigError(f"pe_registry entry {name!r}: must be a mapping with class, kwargs, description")
-    stray = set(entry) - {"class", "kwargs", "description", "reference"}
-    if stray:
-        raise ConfigError(f"pe_registry entry {name!r}: unknown key(s) {sorted(stray)}")
-    cls = _import_pe_class(name, entry)
-    kwargs = entry.get("kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise ConfigError(f"pe_registry entry {name!r}: kwargs must be a mapping")
-    sig = inspect.signature(cls.__init__)
-    params = [p for p in sig.parameters.values() if p.name != "self"]
-    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    unknown = sorted(set(kwargs) - names) if not has_var_kw else []
-    if unknown:
-        raise ConfigError(f"pe_registry entry {name!r}: unknown kwarg(s) {unknown} for {entry['class']}")
-    supplied = set(getattr(cls, "STRUCTURAL", ())) or _builder_supplied_args()
-    missing = sorted(
-        p.name
-        for p in params
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and p.default is p.empty
-        and p.name not in kwargs
-        and p.name not in supplied
-    )
-    if missing:
-        raise ConfigError(f"pe_registry entry {name!r}: missing kwarg(s) {missing} for {entry['class']}")
-    return cls
+    """Check one registry entry through the PE package's own loader (stripes.pe.registry):
+    name pattern, schema (closed keys), class under the ``stripes.pe.`` allow-list (checked before
+    importing), subclass of PositionalEncoding, kwargs binding (unknown / missing kwargs)."""
+    from stripes.pe.registry import RegistryError, load_registry
+
+    try:
+        return load_registry(data={name: entry})[name].cls
+    except RegistryError as exc:
+        raise ConfigError(f"pe_registry: {exc}") from None
 
 
 def pe_accepts(cls: type, context) -> bool:
@@ -233,6 +173,10 @@ class StudyPlan:
     @property
     def metric_tables(self) -> list[str]:
         return [n for n, t in self.tables.items() if t.kind == "metrics"]
+
+    def run_paths(self, results: str, stage: str, name: str) -> list[str]:
+        """One file of every run, e.g. run_paths('results', 'eval', 'metrics.json')."""
+        return [f"{results}/{stage}/{pe}/{ctx}/seed{seed}/{name}" for pe, ctx, seed in self.runs]
 
     def table_runs(self, name: str) -> list[tuple[str, str, int]]:
         t = self.tables[name]
@@ -563,3 +507,78 @@ def write_json(obj, path: str | Path) -> None:
         json.dump(obj, fh, indent=2, sort_keys=True, default=str)
         fh.write("\n")
     tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- workflow glue
+# Called from workflow/rules/*.smk (one-line run: blocks), so the rule files stay thin.
+
+
+def setup_job_environment(repo: str | Path) -> None:
+    """Make the jobs of this workflow import the package of THIS tree and find `python`.
+
+    ``src/`` goes first on PYTHONPATH (an editable install may point at another checkout), and the
+    interpreter running Snakemake goes first on PATH, so a rule's ``python`` is the project's
+    (with ``--use-conda`` the conda activation puts the env's ``python`` first instead).
+    """
+    import os
+    import sys
+
+    src = str(Path(repo).resolve() / "src")
+    if src not in sys.path:
+        sys.path.insert(0, src)
+    env = os.environ
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
+    env["PYTHONPATH"] = os.pathsep.join([src, *parts])
+    bindir = str(Path(sys.executable).parent)
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bindir]
+    env["PATH"] = os.pathsep.join([bindir, *path])
+
+
+def write_run_config(base_json: str, best: str | Path, out: str | Path) -> dict:
+    """rule resolve_run_config: base run config (JSON text) + the study's best parameters."""
+    cfg = json.loads(base_json)
+    best_d = read_json(best)
+    for key, value in best_d["params"].items():
+        set_dotted(cfg, key, value)
+    cfg["run"]["tuned"] = {"params": best_d["params"], "value": best_d["value"], "trial": best_d["trial"]}
+    write_json(cfg, out)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Small job entry points of the workflow (cheap: no torch, no mlflow).
+
+    python -m stripes.config write-json --json TEXT --out FILE [--json TEXT --out FILE ...]
+    python -m stripes.config run-config --base TEXT --best best.json --out config.json
+    """
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m stripes.config")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("write-json", help="write JSON text (a rule's params) to files")
+    p.add_argument("--json", action="append", required=True)
+    p.add_argument("--out", action="append", required=True)
+    p = sub.add_parser("run-config", help="merge the tuned parameters into a run config")
+    p.add_argument("--base", required=True)
+    p.add_argument("--best", required=True)
+    p.add_argument("--out", required=True)
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.cmd == "write-json":
+        if len(args.json) != len(args.out):
+            ap.error("give one --out per --json")
+        for text, out in zip(args.json, args.out):
+            write_json(json.loads(text), out)
+            print(f"wrote {out}")
+    else:
+        cfg = write_run_config(args.base, args.best, args.out)
+        print(f"wrote {args.out} (tuned: {cfg['run']['tuned']['params']})")
+    return 0
+
+
+def as_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,13 +21,14 @@ or ``evaluate(cfg, checkpoint, out_dir)``.
 ``metrics.json`` (docs/architecture.md), extra keys marked (+)::
 
     {"binarization": {"strategy", "threshold", "gap", "val_cs", "val_gs",
-                      (+) "val_ssmd50", "val_ndd", "n_val_windows", "grid", "per_metric"},
+                      (+) "val_ssmd50", "val_ndd", "n_val_windows", "selection", "per_metric"},
      "test_16": {"cs", "ssmd50", "ssmd100", "gs", "ndd", "n_windows",
                  (+) "onset_rate_pred", "onset_rate_tgt", [gs_s24, ssmd_s24, ndd_s24]},
      "test_64": {... same ...},
      (+) "run", "checkpoint", "checkpoint_step", "metric_variant", "device", "wall_s"}
 
-A setting without windows reports ``n_windows: 0`` and ``null`` metrics.
+A setting without windows reports ``n_windows: 0`` and ``null`` metrics. The whole validation
+grid (every candidate's mean cs, ssmd50, gs, ndd) goes to ``binarization_grid.csv``.
 """
 
 from __future__ import annotations
@@ -131,8 +132,13 @@ def predict(model, ds, dev: torch.device, max_batch_frames: int = 8192, bf16: bo
     return {"prob": np.concatenate(probs), "target": np.concatenate(targets), "song": songs, "start": starts}
 
 
-def select_binarization(prob: np.ndarray, target: np.ndarray, ec: dict) -> dict[str, Any]:
-    """Grid search on validation windows; returns the ``binarization`` block of metrics.json."""
+def select_binarization(prob: np.ndarray, target: np.ndarray, ec: dict) -> tuple[dict[str, Any], list[dict]]:
+    """Grid search on validation windows.
+
+    Returns:
+        the ``binarization`` block of metrics.json and the whole grid (one row per candidate with
+        its mean validation cs, ssmd50, gs, ndd; written to ``binarization_grid.csv``).
+    """
     grid = binmod.candidates(ec["thresholds"], ec["gaps"], ec["strategies"])
     scores = binmod.evaluate_grid(binmod.iter_chunks(prob, target, 32), grid, metmod.compute_metrics)
     best = binmod.select(scores)
@@ -151,8 +157,7 @@ def select_binarization(prob: np.ndarray, target: np.ndarray, ec: dict) -> dict[
         "n_val_windows": int(len(prob)),
         "selection": "max validation CS, ties by GS, then grid order",
         "per_metric": per_metric,
-        "grid": [{**c.as_dict(), **{k: s[k] for k in ("cs", "ssmd50", "gs", "ndd")}} for c, s in zip(grid, scores)],
-    }
+    }, [{**c.as_dict(), **{k: s[k] for k in ("cs", "ssmd50", "gs", "ndd")}} for c, s in zip(grid, scores)]
 
 
 def _finite(v: float) -> float | None:
@@ -203,8 +208,11 @@ def evaluate(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     val = predict(model, val_ds, dev, ec["max_batch_frames"], ec["bf16"])
     if len(val["prob"]) == 0:
         raise ValueError(f"run {run_name(cfg)}: no validation windows to select the binarisation on")
-    binarization = select_binarization(val["prob"], val["target"], ec)
+    binarization, grid_rows = select_binarization(val["prob"], val["target"], ec)
     del val
+    keys = list(grid_rows[0])
+    atomic_write_text(out / "binarization_grid.csv", "\n".join(
+        [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in grid_rows]) + "\n")
     chosen = binmod.Candidate(binarization["strategy"], binarization["threshold"], binarization["gap"])
 
     result: dict[str, Any] = {"binarization": binarization}
@@ -213,7 +221,9 @@ def evaluate(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLik
         setting = f"test_{int(bars)}"
         ds = make_dataset(cfg, "test", int(bars), ec["max_test_windows"])
         pr = predict(model, ds, dev, ec["max_batch_frames"], ec["bf16"])
-        pred = chosen.apply(pr["prob"]) if len(pr["prob"]) else pr["prob"] > 0.5
+        # binarise in chunks of 32 windows (gap merging needs a few int32 copies of its input)
+        pred = (np.concatenate([chosen.apply(pr["prob"][i : i + 32]) for i in range(0, len(pr["prob"]), 32)])
+                if len(pr["prob"]) else pr["prob"] > 0.5)
         per_window = score_setting(pred, pr["target"], bool(ec["s24_metrics"]))
         n = int(len(pred))
         names = list(per_window) or list(metmod.METRIC_NAMES)

@@ -314,35 +314,77 @@ def note_density_distance_s24(pred, tgt):
 # ---------------------------------------------------------------------------- all at once
 
 
+def _chroma_matrix(p: int) -> np.ndarray:
+    m = np.zeros((p, 12), dtype=np.float64)
+    m[np.arange(p), np.arange(p) % 12] = 1.0
+    return m
+
+
 def compute_metrics(pred, tgt, s24: bool = False) -> dict[str, np.ndarray]:
-    """All per-window metrics of a batch.
+    """All per-window metrics of a batch (the fast path used by evaluation and the selection grid).
+
+    Same definitions as the single-metric functions above (a test checks they agree), computed
+    with a few passes over bool arrays: the rolls are zero-padded to a multiple of 32 ticks once
+    (partial units kept), onsets are ``x & ~x(t-1)``, and per-unit sums are taken before the
+    pitch -> chroma folding.
 
     Args:
-        pred, tgt: binary pianorolls (N, T, 128) (a single (T, 128) window is promoted).
+        pred, tgt: binary pianorolls (N, T, P) (a single (T, P) window is promoted).
         s24: also compute the [S24]-code variants (``gs_s24``, ``ssmd_s24``, ``ndd_s24``).
 
     Returns:
-        dict of (N,) float arrays: ``cs``, ``ssmd50``, ``ssmd100``, ``gs``, ``ndd`` (paper
+        dict of (N,) float64 arrays: ``cs``, ``ssmd50``, ``ssmd100``, ``gs``, ``ndd`` (paper
         definitions), ``onset_rate_pred``, ``onset_rate_tgt`` (A19 diagnostics) and, with
         ``s24``, the code variants.
     """
-    p, t, _ = _check_pair(pred, tgt)
-    cp, ct = chroma_onsets(p), chroma_onsets(t)
+    p, _ = _as_batch(pred)
+    t, _ = _as_batch(tgt)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and target {t.shape} differ in shape")
+    p = p if p.dtype == bool else p > 0
+    t = t if t.dtype == bool else t > 0
+    n, length, pitches = p.shape
+    pad = (-length) % HALF_MEASURE
+    if pad:
+        z = np.zeros((n, pad, pitches), dtype=bool)
+        p, t = np.concatenate([p, z], axis=1), np.concatenate([t, z], axis=1)
+    n_half = p.shape[1] // HALF_MEASURE
+    n_quarter = p.shape[1] // QUARTER
+    n_six = p.shape[1] // SIXTEENTH
+    # the trailing padded units that lie entirely beyond T are not units of the window
+    n_quarter_real = -(-length // QUARTER)
+    n_six_real = -(-length // SIXTEENTH)
+    cm = _chroma_matrix(pitches)
+
+    def parts(x):
+        on = x.copy()
+        on[:, 1:] &= ~x[:, :-1]
+        per_unit = on.reshape(n, n_half, HALF_MEASURE, pitches).sum(axis=2, dtype=np.int32)
+        chroma = per_unit @ cm  # (n, U, 12)
+        quarter = on.reshape(n, n_quarter, QUARTER * pitches).any(axis=-1)[:, :n_quarter_real]
+        density = x.reshape(n, n_six, SIXTEENTH * pitches).sum(axis=-1, dtype=np.int32)[:, :n_six_real]
+        return chroma, quarter, density.astype(np.float64)
+
+    cp, qp, dp = parts(p)
+    ct, qt, dt = parts(t)
     sp = _cos(cp[:, :, None, :], cp[:, None, :, :])
     st = _cos(ct[:, :, None, :], ct[:, None, :, :])
     ssm = np.abs(st - sp).mean(axis=(-1, -2))
-    qp, qt = _quarter_onsets(p), _quarter_onsets(t)
+    mask = dt > 0
+    frac = np.minimum(1.0, np.maximum(0.0, dt - dp) / np.where(mask, dt, 1.0))
+    count = mask.sum(-1)
     out = {
         "cs": 100.0 * _cos(cp, ct).mean(-1),
         "ssmd50": 50.0 * ssm,
         "ssmd100": 100.0 * ssm,
         "gs": 100.0 * (qp == qt).mean(-1),
-        "ndd": np.asarray(note_density_distance(p, t), dtype=np.float64).reshape(-1),
+        "ndd": 100.0 * np.where(count > 0, (frac * mask).sum(-1) / np.maximum(count, 1), 0.0),
         "onset_rate_pred": 100.0 * qp.mean(-1),
         "onset_rate_tgt": 100.0 * qt.mean(-1),
     }
     if s24:
-        out["gs_s24"] = np.asarray(grooving_similarity_s24(p, t)).reshape(-1)
-        out["ssmd_s24"] = np.asarray(ssm_distance_s24(p, t)).reshape(-1)
-        out["ndd_s24"] = np.asarray(note_density_distance_s24(p, t)).reshape(-1)
+        pf, tf = p[:, :length], t[:, :length]
+        out["gs_s24"] = np.asarray(grooving_similarity_s24(pf, tf)).reshape(-1)
+        out["ssmd_s24"] = np.asarray(ssm_distance_s24(pf, tf)).reshape(-1)
+        out["ndd_s24"] = np.asarray(note_density_distance_s24(pf, tf)).reshape(-1)
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}

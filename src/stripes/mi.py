@@ -121,10 +121,11 @@ def compute(data_dir, contexts=None, bars: int = 16, splits=("train", "val", "te
     contexts = list(contexts or DEFAULTS["contexts"])
     prepared = Prepared(data_dir)
     rep_order = prepared.settings["rep_order"]
-    train = set(prepared.split["train"])
     acc = defaultdict(_Joint)  # (context, variant) -> joint
     n_windows = 0
-    for split in splits:
+    # the train-only variant needs the training windows even when `splits` leaves them out
+    for split in dict.fromkeys([*splits, "train"]):
+        in_main = split in splits
         for sid in prepared.split[split]:
             starts = prepared.starts(sid, bars)
             if len(starts) == 0:
@@ -134,15 +135,17 @@ def compute(data_dir, contexts=None, bars: int = 16, splits=("train", "val", "te
                 roll, streams = window(song, s, 64 * bars)
                 t, r = np.nonzero(roll)
                 mb = r < 256
-                n_windows += 1
+                n_windows += in_main
                 for name in contexts:
                     y = scalar_labels(name, streams, rep_order)[t]
-                    acc[name, "all"].add(r, y)
-                    acc[name, "melbridge"].add(r[mb], y[mb])
-                    acc[name, "pitch"].add(r % 128, y)
-                    if sid in train:
+                    if in_main:
+                        acc[name, "all"].add(r, y)
+                        acc[name, "melbridge"].add(r[mb], y[mb])
+                        acc[name, "pitch"].add(r % 128, y)
+                    if split == "train":
                         acc[name, "train"].add(r, y)
-                if n_windows % 64 == 0:  # bound memory: fold raw pairs into counts
+                if len(acc[contexts[0], "train"].raw) + len(acc[contexts[0], "all"].raw) >= 64:
+                    # bound memory: fold raw pairs into counts every 64 windows
                     for j in acc.values():
                         j.fold()
     rows = []

@@ -50,12 +50,13 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         v_dtype = v.dtype
         if self.linear:
-            if pe.target == "qk":
-                q, k = pe.transform_qk(q, k, code, self.layer)
-            # features and prefix sums in float32 even under autocast: exp() in bf16 is too coarse
+            # PE transform, features and prefix sums in float32 even under autocast: exp() and
+            # the running sums are too coarse in bf16; the projections around stay in bf16
             with torch.autocast(device_type=x.device.type, enabled=False):
                 dtype = torch.promote_types(q.dtype, torch.float32)
                 q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+                if pe.target == "qk":
+                    q, k = pe.transform_qk(q, k, code, self.layer)
                 phi_q, phi_k, eps = self.features(q, k)
                 y = causal_linear_attention(phi_q, phi_k, v, eps, self.impl, self.chunk_size)
         else:

@@ -530,6 +530,7 @@ def train(
         "window_frames": window,
         "final_train_loss": history[-1]["train_loss"] if history else None,
         "final_val_loss": history[-1]["val_loss"] if history else None,
+        "last_val_loss": history[-1]["val_loss"] if history else None,
         "wall_s": ckpt_elapsed + time.perf_counter() - segment_start if step else time.perf_counter() - t_start,
         "frames_per_s": train_frames / max(train_time, 1e-9),
         "device": devmod.describe(dev),

@@ -17,33 +17,31 @@ rule resolve_run_config:
     output:
         f"{RESULTS}/runs/{{pe}}/{{context}}/seed{{seed}}/config.json",
     params:
-        config=lambda wc: as_json(run_base_config(wc.pe, wc.context, wc.seed)),
+        config=lambda wc: as_json(
+            resolve_run_config(config, wc.pe, wc.context, int(wc.seed), "train", PE_REGISTRY,
+                               settings=PLAN.settings.get((wc.pe, wc.context)))
+        ),
     log:
         f"{RESULTS}/logs/resolve_run_config/{{pe}}/{{context}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/resolve_run_config/{{pe}}/{{context}}/seed{{seed}}.tsv"
     localrule: True
-    run:
-        from stripes.config import read_json, set_dotted, write_json
-
-        cfg = json.loads(params.config)
-        best = read_json(input.best)
-        for key, value in best["params"].items():
-            set_dotted(cfg, key, value)
-        cfg["run"]["tuned"] = {"params": best["params"], "value": best["value"], "trial": best["trial"]}
-        write_json(cfg, output[0])
-        Path(log[0]).write_text(f"tuned params {best['params']}\n")
+    conda:
+        ENV
+    shell:
+        "python -m stripes.config run-config --base {params.config:q} --best {input.best:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule train:
     input:
         config=rules.resolve_run_config.output[0],
         experiment=EXPERIMENT,
-        data=prepared_data,
+        data=PREPARED_DATA,
     output:
         record=f"{RESULTS}/train/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
     params:
-        train_dir=lambda wc: f"{RESULTS}/train/{wc.pe}/{wc.context}/seed{wc.seed}",
+        train_dir=lambda wc, output: str(Path(output.record).parent),
         record_failures="--record-failures" if RECORD_FAILURES else "",
     log:
         f"{RESULTS}/logs/train/{{pe}}/{{context}}/seed{{seed}}.log",
@@ -52,9 +50,11 @@ rule train:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        ENV
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " {PY} -m stripes.tracking train --config {input.config:q} --train-dir {params.train_dir:q}"
+        " python -m stripes.tracking train --config {input.config:q} --train-dir {params.train_dir:q}"
         " --experiment {input.experiment:q} --record {output.record:q} {params.record_failures}"
         " > {log:q} 2>&1"
 
@@ -64,13 +64,13 @@ rule evaluate:
         config=rules.resolve_run_config.output[0],
         train_record=rules.train.output.record,
         experiment=EXPERIMENT,
-        data=prepared_data,
+        data=PREPARED_DATA,
     output:
         metrics=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/metrics.json",
         record=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
     params:
-        train_dir=lambda wc: f"{RESULTS}/train/{wc.pe}/{wc.context}/seed{wc.seed}",
-        eval_dir=lambda wc: f"{RESULTS}/eval/{wc.pe}/{wc.context}/seed{wc.seed}",
+        train_dir=lambda wc, input: str(Path(input.train_record).parent),
+        eval_dir=lambda wc, output: str(Path(output.metrics).parent),
         record_failures="--record-failures" if RECORD_FAILURES else "",
         log_samples="--log-samples" if config["mlflow"].get("log_samples", True) else "",
     log:
@@ -80,12 +80,14 @@ rule evaluate:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        ENV
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " {PY} -m stripes.tracking evaluate --config {input.config:q} --train-dir {params.train_dir:q}"
+        " python -m stripes.tracking evaluate --config {input.config:q} --train-dir {params.train_dir:q}"
         " --eval-dir {params.eval_dir:q} --train-record {input.train_record:q}"
         " --experiment {input.experiment:q} --record {output.record:q}"
         " {params.record_failures} {params.log_samples} > {log:q} 2>&1"
 
 
-TARGETS += run_paths("eval", "metrics.json")
+TARGETS += PLAN.run_paths(RESULTS, "eval", "metrics.json")

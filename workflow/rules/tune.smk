@@ -17,8 +17,10 @@ rule mlflow_init:
         f"{RESULTS}/logs/mlflow_init.log",
     benchmark:
         f"{RESULTS}/benchmarks/mlflow_init.tsv"
+    conda:
+        ENV
     shell:
-        "{PY} -m stripes.tracking init --tracking-uri {params.tracking_uri:q}"
+        "python -m stripes.tracking init --tracking-uri {params.tracking_uri:q}"
         " --artifact-root {params.artifact_root:q} --experiment {params.experiment:q}"
         " --out {output:q} > {log:q} 2>&1"
 
@@ -30,19 +32,21 @@ rule tune_config:
         config=f"{RESULTS}/tune/{{pe}}/{{context}}/config.json",
         spec=f"{RESULTS}/tune/{{pe}}/{{context}}/spec.json",
     params:
-        config=lambda wc: as_json(tune_base_config(wc.pe, wc.context)),
+        config=lambda wc: as_json(
+            resolve_run_config(config, wc.pe, wc.context, TUNE_SEED, "tune", PE_REGISTRY,
+                               settings=PLAN.settings.get((wc.pe, wc.context)))
+        ),
         spec=as_json(config.get("tune", {})),
     log:
         f"{RESULTS}/logs/tune_config/{{pe}}/{{context}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tune_config/{{pe}}/{{context}}.tsv"
     localrule: True
-    run:
-        from stripes.config import write_json
-
-        write_json(json.loads(params.config), output.config)
-        write_json(json.loads(params.spec), output.spec)
-        Path(log[0]).write_text(f"wrote {output.config} and {output.spec}\n")
+    conda:
+        ENV
+    shell:
+        "python -m stripes.config write-json --json {params.config:q} --out {output.config:q}"
+        " --json {params.spec:q} --out {output.spec:q} > {log:q} 2>&1"
 
 
 rule tune:
@@ -52,14 +56,14 @@ rule tune:
         config=rules.tune_config.output.config,
         spec=rules.tune_config.output.spec,
         experiment=EXPERIMENT,
-        data=prepared_data,
+        data=PREPARED_DATA,
     output:
         journal=f"{RESULTS}/tune/{{pe}}/{{context}}/study.journal",
         best=f"{RESULTS}/tune/{{pe}}/{{context}}/best.json",
         trials=f"{RESULTS}/tune/{{pe}}/{{context}}/trials.csv",
         record=f"{RESULTS}/tune/{{pe}}/{{context}}/mlflow_run.json",
     params:
-        out=lambda wc: f"{RESULTS}/tune/{wc.pe}/{wc.context}",
+        out=lambda wc, output: str(Path(output.best).parent),
     log:
         f"{RESULTS}/logs/tune/{{pe}}/{{context}}.log",
     benchmark:
@@ -67,9 +71,11 @@ rule tune:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        ENV
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " {PY} -m stripes.cli tune --config {input.config:q} --spec {input.spec:q}"
+        " python -m stripes.cli tune --config {input.config:q} --spec {input.spec:q}"
         " --pe {wildcards.pe} --context {wildcards.context} --out {params.out:q}"
         " --experiment {input.experiment:q} --run-record {output.record:q} > {log:q} 2>&1"
 

@@ -80,7 +80,7 @@ class DataError(RuntimeError):
 
 def load_manifest(source: Source) -> dict[str, str]:
     """Manifest as {path relative to the POP909 folder (e.g. '001/001.mid'): sha256}."""
-    text = resources.files("stripes.resources").joinpath(source.manifest).read_text()
+    text = resources.files("stripes").joinpath("resources", source.manifest).read_text()
     out = {}
     for line in text.splitlines():
         if not line.strip():

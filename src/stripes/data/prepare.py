@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stripes.contexts import transpose_chord
 from stripes.data import annotations as ann
 from stripes.data.fetch import SOURCES, DataError, load_manifest, resolve
 from stripes.data.midi import SongError, load_pianoroll, melody_per_tick, seconds_to_ticks
@@ -150,6 +151,8 @@ def select_songs(all_ids: list[str], settings: dict, pop_root: Path) -> tuple[li
     if settings["song_filter"] == "authors":
         for sid in AUTHORS_DROPPED:
             dropped[sid] = "not in the authors' 866 songs (non-4/4 or too short; paper-spec §1.2)"
+    elif settings["song_filter"] == "all":
+        pass  # every song (benchmarks; not the paper's selection)
     elif settings["song_filter"] == "index_4_4":
         import pandas as pd
 
@@ -158,12 +161,17 @@ def select_songs(all_ids: list[str], settings: dict, pop_root: Path) -> tuple[li
             df = pd.read_excel(index)
         except Exception as e:
             raise DataError(f"cannot read {index} for song_filter=index_4_4: {e}") from e
+        listed = set()
         for row in df.itertuples():
             sid = f"{int(row.song_id):03d}"
+            listed.add(sid)
             beats, quavers = int(row.num_beats_per_measure), int(row.num_quavers_per_beat)
             if (beats, quavers) != (2, 2):  # [INF] (2, 2) is the simple-4/4 code of index.xlsx
                 dropped[sid] = (f"index.xlsx: num_beats_per_measure={beats}, "
                                 f"num_quavers_per_beat={quavers} (not simple 4/4)")
+        for sid in all_ids:
+            if sid not in listed:
+                dropped[sid] = "not listed in index.xlsx"
     else:
         raise ValueError(f"data.song_filter: unknown value {settings['song_filter']!r}")
     kept = [s for s in all_ids if s not in dropped]
@@ -257,7 +265,7 @@ def prepare(settings: dict | None = None, jobs: int = 1, verify_files: bool = Tr
     vocab: dict[tuple, int] = {(-1, 0): 0, ("unk",): 1}
     key_tok = {}
     for sid in songs:
-        key_tok[sid] = [ctx_transpose(tuple(c), metas[sid]["tonic"]) for c in metas[sid]["chords"]]
+        key_tok[sid] = [transpose_chord(c[0], c[1], metas[sid]["tonic"]) for c in metas[sid]["chords"]]
     for sid in split["train"]:
         for local in metas[sid]["frame_order"]:
             vocab.setdefault(key_tok[sid][local], len(vocab))
@@ -314,12 +322,6 @@ def prepare(settings: dict | None = None, jobs: int = 1, verify_files: bool = Tr
     (out / "report.md").write_text(report_markdown(report))
     log(f"[prepare] kept {len(songs)} songs, windows {windows}, {report['seconds']} s")
     return report
-
-
-def ctx_transpose(chord: tuple, tonic: int) -> tuple:
-    from stripes.contexts import transpose_chord
-
-    return transpose_chord(chord[0], chord[1], tonic)
 
 
 def _write_json(path: Path, obj) -> None:

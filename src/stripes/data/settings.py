@@ -21,7 +21,7 @@ AUTHORS_DROPPED = (
 DEFAULTS: dict = {
     **FETCH_DEFAULTS,
     "out_dir": "results/data",
-    "song_filter": "authors",  # "authors" (43 ids dropped -> 866) | "index_4_4" (index.xlsx -> 857)
+    "song_filter": "authors",  # "authors" (43 ids dropped -> 866) | "index_4_4" (index.xlsx -> 857) | "all"
     "max_songs": None,  # keep only the first N kept songs (smoke runs); None = all
     "chord_source": "dai",  # "dai" (finalized_chord.txt, aligned) | "pop909" (chord_midi.txt)
     "rep_order": "rank",  # REP renumbering: "rank" (A6 literal) | "first" (first appearance)

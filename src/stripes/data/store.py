@@ -53,8 +53,10 @@ class Prepared:
 
 
 def window(song: dict, start: int, W: int) -> tuple[np.ndarray, dict]:
-    """(bool (W, 384) pianoroll, label streams of length W) of the window at ``start``."""
-    roll = np.unpackbits(song["roll"][start: start + W], axis=1).astype(bool)
+    """(uint8 0/1 (W, 384) pianoroll, label streams of length W) of the window at ``start``.
+
+    uint8 rather than bool: torch converts uint8 to float ~100x faster than bool."""
+    roll = np.unpackbits(song["roll"][start: start + W], axis=1)
     return roll, {k: v[start: start + W] for k, v in song.items() if k != "roll"}
 
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 TARGETS = ("none", "input", "qk", "logits")
 ATTENTIONS = ("linear", "exact")
+
+
+def full_precision(ref: Tensor):
+    """Disable autocast around angle/phase computations: bf16 positions lose integers above 256."""
+    return torch.autocast(device_type=ref.device.type, enabled=False)
 
 
 class PositionalEncoding(nn.Module):

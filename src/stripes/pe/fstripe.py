@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import PositionalEncoding
+from .base import PositionalEncoding, full_precision
 from .spe import SineSPE, _gain_init
 
 
@@ -45,7 +45,8 @@ class FStripe(PositionalEncoding):
     def prepare(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         """Omega^Q, Omega^K (B,H,T,D,2 N_f), laid out [cos_1..cos_N, sin_1..sin_N]."""
         f = torch.sigmoid(self.freq_logit) / 2
-        ang = 2 * math.pi * torch.einsum("btl,hdnl->bhtdn", pos.to(f.dtype), f)
+        with full_precision(pos):
+            ang = 2 * math.pi * torch.einsum("btl,hdnl->bhtdn", pos.to(f.dtype), f)
         angq = ang + self.phase[:, None]
         lam = (F.softplus(self.gain_logit) / math.sqrt(self.num_sines))[:, None]  # (H,1,D,N)
         oq = torch.cat([torch.cos(angq) * lam, torch.sin(angq) * lam], -1)

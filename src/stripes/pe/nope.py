@@ -10,3 +10,9 @@ class NoPE(PositionalEncoding):
 
     target = "none"
     attention = "linear"
+
+
+class ExactNoPE(NoPE):
+    """NoPE with exact causal softmax attention (SDPA): the quadratic baseline of the benchmarks."""
+
+    attention = "exact"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import PositionalEncoding
+from .base import PositionalEncoding, full_precision
 
 SCHEDULES = ("shared", "interleaved")
 
@@ -57,7 +57,9 @@ class RotaryAngles(nn.Module):
             self.register_buffer("omega", omega)
 
     def forward(self, pos: Tensor) -> Tensor:
-        return torch.einsum("btl,hnl->bhtn", pos.to(self.omega.dtype), self.omega)
+        with full_precision(pos):
+            omega = self.omega.to(torch.promote_types(self.omega.dtype, torch.float32))
+            return torch.einsum("btl,hnl->bhtn", pos.to(omega.dtype), omega)
 
 
 def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import PositionalEncoding
+from .base import PositionalEncoding, full_precision
 
 
 def _gain_init(shape) -> Tensor:
@@ -74,7 +74,8 @@ class SineSPE(_GatedSPE):
     def features(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         """Omega^Q, Omega^K (B,H,T,D,2K), laid out [cos_1, sin_1, cos_2, ...]."""
         f = torch.sigmoid(self.freq_logit) / 2
-        ang = 2 * math.pi * torch.einsum("btl,hdkl->bhtdk", pos.to(f.dtype), f)
+        with full_precision(pos):
+            ang = 2 * math.pi * torch.einsum("btl,hdkl->bhtdk", pos.to(f.dtype), f)
         angq = ang + self.phase[:, None]
         oq = torch.stack([torch.cos(angq), torch.sin(angq)], -1).flatten(-2)
         ok = torch.stack([torch.cos(ang), torch.sin(ang)], -1).flatten(-2)

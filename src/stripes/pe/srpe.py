@@ -2,8 +2,9 @@
 
 logit_mn = (q_m.k_n + q_m.E_mn) / sqrt(D), E_mn = sum_s Lin_layer(Lin_s(sin_s(p^s_m - p^s_n))),
 sin_s the S24 sinusoid of the unclipped label difference (d_model dims). pos (B,T,S) with the
-structures in the order melody, chord, section (the mcp context); bias (B,H,T,T). Memory
-O(B T^2 d_model): the quadratic baseline the paper could not run on 64-bar windows.
+structures in the order melody, chord, section (the mcp context); bias (B,H,T,T). Exact
+attention keeps it O(T^2); the bias is computed through the distinct label differences, so the
+(B,T,T,d_model) tensor of the S24 code is never formed (same values, see ``logit_bias``).
 """
 
 from __future__ import annotations
@@ -48,20 +49,31 @@ class SSRPE(PositionalEncoding):
     def accepts(cls, context_dim, regular_grid):
         return context_dim == cls.N_STRUCTURES
 
-    def prepare(self, pos: Tensor) -> Tensor:
-        """sum_s Lin_s(sin_s(p^s_m - p^s_n)): (B,T,T,d_model), shared by the layers."""
+    def prepare(self, pos: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per structure: (table (U_s, d_model) = Lin_s(sin_s(delta)) over the U_s distinct label
+        differences delta in the batch, index (B,T,T) of each pair's delta in that table)."""
         dtype = self.structure_proj[0].weight.dtype
-        pos = pos.to(dtype)
-        e = 0
+        code = []
         for s, (base, proj) in enumerate(zip(self.bases, self.structure_proj)):
-            delta = pos[:, :, None, s] - pos[:, None, :, s]
-            e = e + proj(s24_sinusoid(delta, self.d_model, base))
-        return e
+            p = pos[..., s].to(torch.float64)
+            uniq, index = torch.unique(p[:, :, None] - p[:, None, :], return_inverse=True)
+            code.append((proj(s24_sinusoid(uniq, self.d_model, base).to(dtype)), index))
+        return code
 
-    def logit_bias(self, q: Tensor, code: Tensor, layer: int) -> Tensor:
+    def logit_bias(self, q: Tensor, code, layer: int) -> Tensor:
+        """q_m . E_mn / sqrt(D) per head, never forming the (B,T,T,d_model) tensor E.
+
+        E_mn = W_l (sum_s table_s[idx_s(m,n)]) + S b_l, its 512 dims viewed as (D, H). So
+        q_m . E_mn = sum_s (q_m W_l,h) . table_s[idx] + S q_m . b_l,h, i.e. a (B,H,T,U_s)
+        product gathered at idx: O(B H T (U + T)) memory instead of O(B T^2 d_model).
+        """
         lin = self.layer_proj[layer]
-        # sum_s Lin_layer(E_s) = W_layer (sum_s E_s) + S b_layer, without a per-structure copy
-        e = nn.functional.linear(code.to(q.dtype), lin.weight.to(q.dtype)) + len(self.bases) * lin.bias.to(q.dtype)
-        b, t = e.shape[:2]
-        e = e.view(b, t, t, self.head_dim, self.n_heads)  # S24: 512 viewed as (128, H), interleaved
-        return torch.einsum("bhmd,bmndh->bhmn", q, e) / math.sqrt(self.head_dim)
+        d, h = self.head_dim, self.n_heads
+        w = lin.weight.to(q.dtype).view(d, h, self.d_model)  # output index o = d * H + h
+        qw = torch.einsum("bhmd,dhi->bhmi", q, w)
+        bias = len(code) * torch.einsum("bhmd,dh->bhm", q, lin.bias.to(q.dtype).view(d, h)).unsqueeze(-1)
+        b, _, t, _ = q.shape
+        for table, index in code:
+            scores = qw @ table.to(q.dtype).T  # (B,H,T,U_s)
+            bias = bias + torch.gather(scores, -1, index.unsqueeze(1).expand(b, h, t, t))
+        return bias / math.sqrt(d)

@@ -1,0 +1,361 @@
+"""Training throughput, peak memory and matmul-peak utilisation of one training step.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_train.py                       # CPU, paper size, 5 PEs
+    .venv/bin/python benchmarks/bench_train.py --pes rope_c --steps 3 --bf16-check
+    .venv/bin/python benchmarks/bench_train.py --device cuda --train-windows 8500
+
+What it measures, per PE (registry name) at the paper's size (d_model 512, 2 layers, 4 heads,
+m_f 128, batch 8, T 1024 unless overridden), each in a fresh subprocess so that peak memory is
+per PE:
+
+* ``s/step`` and ``frames/s`` of a full training step (forward, BCE, backward, clipping, Adam)
+  in train mode (FAVOR+ redraw every step), median over ``--steps`` timed steps after
+  ``--warmup`` untimed ones;
+* ``GFLOP/step``: FLOPs of one step counted with ``torch.utils.flop_counter.FlopCounterMode``
+  (matmul-type ops: mm, addmm, bmm, baddbmm, convolution; elementwise ops are not counted);
+* ``% peak``: achieved GFLOP/s divided by the machine's fp32 matmul peak, measured with a large
+  ``torch.matmul`` (n = 4096 on CPU, 8192 on CUDA) on the same threads and device, once in the
+  parent and once inside each PE's process just before its timed steps (the higher is used);
+* ``peak MB``: process max RSS (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA);
+* ``eval s/win``: one eval-mode forward pass per window (what validation and evaluation cost).
+
+``--bf16-check`` trains ``--bf16-steps`` steps of one PE from the same initial weights and the
+same batches in fp32 and under bf16 autocast and prints the max relative deviation of the loss
+curves. ``--train-windows N`` (or ``--data-report results/data/report.json``) adds the projected
+wall time of one full paper run (15 epochs of N 16-bar windows, 20 validations per epoch over
+``--val-windows`` windows).
+
+Inputs are synthetic pianoroll-like binary windows (about 1 % active cells) with context
+positions of the right type; speed does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+DEFAULT_PES = ["nope", "rope_c", "fstripe1", "ropepool", "spe"]
+# context of each PE in the benchmark (the papers' typical pairing; speed barely depends on it)
+DEFAULT_CONTEXT = {"nope": "time", "spe": "time"}
+
+
+def _synthetic_batch(b: int, t: int, context: str, seed: int):
+    import torch
+
+    from stripes.contexts import get_context
+
+    g = torch.Generator().manual_seed(seed)
+    ctx = get_context(context)
+    x = (torch.rand(b, t, 256, generator=g) < 0.01).float()
+    y = (torch.rand(b, t, 128, generator=g) < 0.02).float()
+    if ctx.name == "time":
+        pos = torch.arange(t, dtype=torch.float32).view(1, t, 1).expand(b, t, 1).contiguous()
+    elif ctx.dim == 12:
+        # chord chroma changing every 32 frames
+        chords = (torch.rand(b, t // 32 + 1, 12, generator=g) < 0.25).float()
+        pos = chords.repeat_interleave(32, dim=1)[:, :t]
+    else:
+        pos = torch.randint(0, 50, (b, t // 32 + 1, ctx.dim), generator=g).float().repeat_interleave(32, dim=1)[:, :t]
+    return x, y, pos
+
+
+def _model(pe: str, context: str, args):
+    from stripes.contexts import get_context
+    from stripes.model import build_model
+
+    ctx = get_context(context)
+    cfg = {"d_model": args.d_model, "n_layers": args.layers, "n_heads": args.heads, "d_ff": args.d_ff,
+           "n_features": args.features, "chunk_size": args.chunk}
+    return build_model(pe=pe, context_dim=ctx.dim, regular_grid=ctx.regular_grid, model_cfg=cfg)
+
+
+def matmul_peak(device, n: int | None = None, reps: int = 5) -> float:
+    """fp32 GFLOP/s of a large square torch.matmul (best of ``reps``)."""
+    import torch
+
+    n = n or (8192 if device.type == "cuda" else 4096)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = math.inf
+    for _ in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def worker(args) -> dict:
+    """Benchmark one PE in this process; returns the row."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from stripes.device import select_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = select_device(args.device)
+    pe = args.worker
+    context = args.context or DEFAULT_CONTEXT.get(pe, "bin")
+    torch.manual_seed(0)
+    model = _model(pe, context, args).to(dev)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x, y, pos = (t.to(dev) for t in _synthetic_batch(args.batch, args.T, context, 0))
+
+    def step():
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(x, pos)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.0005)
+        opt.step()
+        return loss
+
+    for _ in range(args.warmup):
+        step()
+    _sync(dev)
+    # the matmul peak again, in this process right before the timed steps (same threads, same load)
+    local_peak = matmul_peak(dev, reps=3)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    with FlopCounterMode(display=False) as fc:
+        step()
+    flops = fc.get_total_flops()
+    # eval-mode forward per window (validation / evaluation cost)
+    model.eval()
+    with torch.no_grad():
+        model(x[:1], pos[:1])
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(2):
+            model(x, pos)
+        _sync(dev)
+        eval_s_per_win = (time.perf_counter() - t0) / (2 * args.batch)
+    if dev.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    s = statistics.median(times)
+    return {
+        "pe": pe,
+        "context": context,
+        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "s_per_step": s,
+        "s_min": min(times),
+        "frames_per_s": args.batch * args.T / s,
+        "gflop_per_step": flops / 1e9,
+        "gflops": flops / 1e9 / s,
+        "peak_mb": peak_mb,
+        "eval_s_per_window": eval_s_per_win,
+        "local_peak_gflops": local_peak,
+        "threads": torch.get_num_threads(),
+        "bf16": args.bf16,
+    }
+
+
+def bf16_check(args) -> dict:
+    """Loss curves of fp32 and bf16 autocast from the same init on the same batches."""
+    import torch
+    import torch.nn.functional as F
+
+    from stripes.device import select_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = select_device(args.device)
+    pe = args.bf16_pe
+    context = args.context or DEFAULT_CONTEXT.get(pe, "bin")
+    curves = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = _model(pe, context, args).to(dev)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        losses = []
+        for i in range(args.bf16_steps):
+            x, y, pos = (t.to(dev) for t in _synthetic_batch(args.batch, args.bf16_T, context, 100 + i))
+            torch.manual_seed(1000 + i)  # same FAVOR+ draw and dropout masks in both runs
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x, pos)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        curves["bf16" if bf16 else "fp32"] = losses
+    dev_rel = [abs(b - a) / abs(a) for a, b in zip(curves["fp32"], curves["bf16"])]
+    return {"pe": pe, "T": args.bf16_T, "steps": args.bf16_steps, "max_rel_dev": max(dev_rel),
+            "final_fp32": curves["fp32"][-1], "final_bf16": curves["bf16"][-1], **curves}
+
+
+def machine_info(device: str) -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu": platform.processor() or "", "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device != "cpu" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def projected_run(row: dict, train_windows: int, val_windows: int, batch: int, epochs: int = 15,
+                  val_per_epoch: int = 20) -> dict:
+    steps = epochs * math.ceil(train_windows / batch)
+    train_s = steps * row["s_per_step"]
+    val_s = epochs * val_per_epoch * val_windows * row["eval_s_per_window"]
+    return {"steps": steps, "train_h": train_s / 3600, "val_h": val_s / 3600, "total_h": (train_s + val_s) / 3600}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--pes", default=",".join(DEFAULT_PES), help="comma-separated registry names")
+    p.add_argument("--context", default=None, help="context for every PE (default: time for nope/spe, else bin)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--T", type=int, default=1024)
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--d-ff", type=int, default=512)
+    p.add_argument("--features", type=int, default=128)
+    p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per PE")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per PE")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--bf16", action="store_true", help="time the steps under bf16 autocast")
+    p.add_argument("--bf16-check", action="store_true", help="compare a short fp32 and bf16 loss curve")
+    p.add_argument("--bf16-pe", default="rope_c")
+    p.add_argument("--bf16-steps", type=int, default=10)
+    p.add_argument("--bf16-T", type=int, default=256)
+    p.add_argument("--train-windows", type=int, default=None, help="16-bar training windows of a full run")
+    p.add_argument("--val-windows", type=int, default=None, help="16-bar validation windows of a full run")
+    p.add_argument("--data-report", default=str(ROOT / "results" / "data" / "report.json"))
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        print("ROW " + json.dumps(worker(args)), flush=True)
+        return 0
+
+    import torch
+
+    from stripes.device import select_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = select_device(args.device)
+    info = machine_info(dev.type)
+    peak = matmul_peak(dev)
+    info["fp32_matmul_peak_gflops"] = peak
+    print("machine: " + json.dumps(info))
+    print(f"shape: batch {args.batch} x T {args.T}, d_model {args.d_model}, {args.layers} layers, "
+          f"{args.heads} heads, m_f {args.features}, chunk {args.chunk}, device {dev}, bf16 {args.bf16}")
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (best of 5, n = {8192 if dev.type == 'cuda' else 4096})")
+    print("note: a shared machine makes these numbers noisy; rerun for stable figures.\n")
+
+    rows = []
+    for pe in [s for s in args.pes.split(",") if s]:
+        cmd = [sys.executable, __file__, "--worker", pe, "--device", args.device]
+        for k in ("context", "batch", "T", "d_model", "layers", "heads", "d_ff", "features", "chunk", "steps",
+                  "warmup", "threads"):
+            v = getattr(args, k)
+            if v is not None:
+                cmd += [f"--{k.replace('_', '-')}", str(v)]
+        if args.bf16:
+            cmd.append("--bf16")
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((ln for ln in res.stdout.splitlines() if ln.startswith("ROW ")), None)
+        if res.returncode or line is None:
+            print(f"{pe}: FAILED\n{res.stderr[-2000:]}")
+            continue
+        row = json.loads(line[4:])
+        # the ratio uses the higher of the two peak measurements (a busy machine lowers both)
+        row["peak_used_gflops"] = max(peak, row["local_peak_gflops"])
+        row["pct_peak"] = 100 * row["gflops"] / row["peak_used_gflops"]
+        rows.append(row)
+
+    hdr = f"{'pe':<10} {'context':<7} {'params M':>8} {'s/step':>7} {'frames/s':>9} {'GFLOP/step':>10} " \
+          f"{'GFLOP/s':>8} {'peak GF/s':>9} {'% peak':>7} {'peak MB':>8} {'eval s/win':>10}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        print(f"{r['pe']:<10} {r['context']:<7} {r['params_M']:>8.2f} {r['s_per_step']:>7.3f} {r['frames_per_s']:>9.0f} "
+              f"{r['gflop_per_step']:>10.1f} {r['gflops']:>8.1f} {r['peak_used_gflops']:>9.1f} {r['pct_peak']:>6.1f}% "
+              f"{r['peak_mb']:>8.0f} "
+              f"{r['eval_s_per_window']:>10.3f}")
+
+    out = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "worker"}, "rows": rows}
+
+    train_w, val_w = args.train_windows, args.val_windows
+    rp = Path(args.data_report)
+    if (train_w is None or val_w is None) and rp.exists():
+        windows = json.loads(rp.read_text()).get("windows", {})
+        train_w = train_w or windows.get("train_16")
+        val_w = val_w or windows.get("val_16")
+    if train_w:
+        val_w = val_w or max(1, train_w // 8)
+        print(f"\nprojected wall time of one full paper run on {dev.type} (15 epochs of {train_w} training windows, "
+              f"batch {args.batch}, 20 validations/epoch over {val_w} windows):")
+        out["projection"] = {}
+        for r in rows:
+            pr = projected_run(r, train_w, val_w, args.batch)
+            out["projection"][r["pe"]] = pr
+            print(f"  {r['pe']:<10} {pr['steps']} steps: train {pr['train_h']:.2f} h + validation {pr['val_h']:.2f} h"
+                  f" = {pr['total_h']:.2f} h")
+    elif dev.type == "cuda":
+        print("\n(no --train-windows and no data report: pass --train-windows N for the full-run projection)")
+
+    if args.bf16_check:
+        chk = bf16_check(args)
+        out["bf16_check"] = chk
+        print(f"\nbf16 autocast vs fp32 ({chk['pe']}, T {chk['T']}, {chk['steps']} steps, same init and batches): "
+              f"max relative loss deviation {100 * chk['max_rel_dev']:.2f} % "
+              f"(final loss fp32 {chk['final_fp32']:.4f}, bf16 {chk['final_bf16']:.4f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""stripes.config: schema + cross-checks (each bad-config case names its entry), the study plan,
+resolved run configs, hashes; a few cases end to end through `snakemake -n`."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stripes import config as sc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def full():
+    return sc.load_config(ROOT / "config" / "config.yaml")
+
+
+@pytest.fixture(scope="module")
+def registry(full):
+    return sc.load_pe_registry(full, ROOT)
+
+
+def check(cfg, registry):
+    sc.validate_schema(cfg)
+    return sc.check_study(cfg, registry=registry)
+
+
+def bad(cfg, registry, *fragments):
+    with pytest.raises(sc.ConfigError) as err:
+        check(cfg, registry)
+    msg = str(err.value)
+    for f in fragments:
+        assert f in msg, msg
+    return msg
+
+
+def test_full_study_plan(full, registry):
+    plan = check(full, registry)
+    assert len(plan.pairs) == 29  # 12 (Table II) + 8 (Table III) + 9 (F-StrIPE Table I)
+    assert len(set(plan.pairs)) == len(plan.pairs)
+    assert plan.seeds[("rope_c", "bin")] == [0, 1, 2, 3, 4] and plan.seeds[("fstripe", "chord")] == [0, 1, 2]
+    assert len(plan.runs) == 20 * 5 + 9 * 3
+    assert plan.settings[("s_srpe", "mcp")] == ["test_16"]
+    t3 = plan.tables["s26_table3"]
+    assert t3.best_of == [("s26_table2", c) for c in ("time", "rep", "key", "bin")]
+    assert {r.pe for r in t3.candidate_rows(plan.tables)} == {"rope_a", "rope_b", "rope_c", "fstripe1", "ropepool"}
+    assert plan.metric_tables == ["s26_table2", "s26_table3", "f25_table1"]
+
+
+def test_smoke_overlay_keeps_every_row(full, registry):
+    smoke = sc.load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "smoke.yaml")
+    p_full, p_smoke = check(full, registry), check(smoke, registry)
+    assert p_smoke.pairs == p_full.pairs
+    assert {s for v in p_smoke.seeds.values() for s in v} == {0, 1}
+    assert len(p_smoke.runs) == 29 * 2
+
+
+def test_unknown_pe(full, registry):
+    cfg = copy.deepcopy(full)
+    cfg["tables"]["s26_table2"]["rows"][0]["pes"].append("rope_z")
+    bad(cfg, registry, "tables.s26_table2.rows[0]", "unknown PE 'rope_z'")
+
+
+def test_class_outside_allow_list(full, registry):
+    reg = dict(registry, evil={"class": "os.system", "kwargs": {}, "description": "x", "reference": "x"})
+    bad(full, reg, "'evil'", "outside the allow-listed prefix")
+
+
+def test_unknown_kwarg(full, registry):
+    reg = copy.deepcopy(registry)
+    reg["rope_a"]["kwargs"]["bogus"] = 1
+    bad(full, reg, "'rope_a'", "do not bind")
+
+
+def test_missing_kwarg(full, registry, monkeypatch):
+    from stripes.pe import PositionalEncoding
+
+    class NeedsWidth(PositionalEncoding):
+        def __init__(self, *, width: int, **structural):
+            super().__init__(**structural)
+
+    mod = type(sys)("stripes.pe._test_needs_width")
+    mod.NeedsWidth = NeedsWidth
+    monkeypatch.setitem(sys.modules, "stripes.pe._test_needs_width", mod)
+    entry = {"class": "stripes.pe._test_needs_width.NeedsWidth", "kwargs": {}, "description": "x", "reference": "x"}
+    bad(full, dict(registry, needs_width=entry), "'needs_width'", "width")
+    entry["kwargs"] = {"width": 3}
+    check(full, dict(registry, needs_width=entry))  # binds once given
+
+
+def test_bad_entry_name(full, registry):
+    reg = dict(registry)
+    reg["Rope-X"] = registry["rope_a"]
+    bad(full, reg, "'Rope-X'", "invalid name")
+
+
+def test_pe_with_context_it_cannot_take(full, registry):
+    cfg = copy.deepcopy(full)
+    cfg["tables"]["f25_table1"]["rows"].append({"pe": "spe_conv", "context": "rep"})
+    bad(cfg, registry, "tables.f25_table1.rows[5]", "'spe_conv' cannot take context 'rep'")
+
+
+def test_table_names_unknown_context(full, registry):
+    cfg = copy.deepcopy(full)
+    cfg["tables"]["s26_table2"]["rows"][0]["contexts"].append("tempo")
+    bad(cfg, registry, "tables.s26_table2.rows[0]", "unknown context 'tempo'")
+
+
+def test_stray_unknown_key_names_its_path(full, registry):
+    cfg = copy.deepcopy(full)
+    cfg["tables"]["s26_table2"]["colour"] = "red"
+    bad(cfg, registry, "tables.s26_table2", "colour")
+    cfg = copy.deepcopy(full)
+    cfg["tune"]["n_trails"] = 3
+    bad(cfg, registry, "tune", "n_trails")
+
+
+def test_references_between_tables_and_seed_sets(full, registry):
+    cfg = copy.deepcopy(full)
+    cfg["tables"]["s26_table3"]["rows"][0]["best_of"] = "s26_table9"
+    cfg["tables"]["f25_table1"]["seeds"] = "f99"
+    bad(cfg, registry, "tables.s26_table3.rows[0].best_of: unknown table 's26_table9'",
+        "tables.f25_table1.seeds: unknown seed set 'f99'")
+
+
+def test_tune_space_checks(full, registry):
+    cfg = copy.deepcopy(full)
+    cfg["tune"]["space"] = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-3}, "lr": {"type": "categorical",
+                                                                                          "choices": [1]}}
+    bad(cfg, registry, "tune.space.train.lr: the grid sampler needs categorical choices",
+        "tune.space.lr: parameter must be a dotted path")
+    cfg["tune"]["sampler"] = "tpe"
+    cfg["tune"]["space"] = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}
+    check(cfg, registry)
+
+
+def test_resolved_run_config_and_hash(full, registry):
+    cfg = sc.resolve_run_config(full, "rope_c", "bin", 3, registry=registry, overrides={"train.lr": 5e-4})
+    assert set(cfg) == {"run", "data", "model", "train", "eval", "pe_entry"}
+    assert cfg["run"] == {"pe": "rope_c", "context": "bin", "seed": 3, "stage": "train",
+                          "settings": ["test_16", "test_64"]}
+    assert cfg["train"]["lr"] == 5e-4 and cfg["pe_entry"]["class"] == "stripes.pe.rope.RoPE"
+    h = sc.config_hash(cfg)
+    assert h == sc.config_hash(copy.deepcopy(cfg)) and len(h) == 12
+    cfg["train"]["lr"] = 1e-3
+    assert sc.config_hash(cfg) != h
+    assert sc.flatten({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": 1, "a.c": "[1, 2]"}
+
+
+def test_stable_seed_pinned():
+    import hashlib
+
+    expected = int.from_bytes(hashlib.sha256("tune\x1frope_c\x1fbin".encode()).digest()[:8], "big") % 2**31
+    assert sc.stable_seed("tune", "rope_c", "bin") == expected
+
+
+# ------------------------------------------------------------------ through `snakemake -n`
+
+CASES = {
+    "unknown_pe": ({"tables": {"s26_table2": {"rows": [{"pes": ["rope_a", "rope_q"], "contexts": ["time"]}]}}},
+                   ["tables.s26_table2.rows[0]", "unknown PE 'rope_q'"]),
+    "stray_key": ({"mlflow": {"tracking_url": "sqlite:///x.db"}}, ["mlflow", "tracking_url"]),
+    "incompatible_context": ({"tables": {"f25_table1": {"rows": [{"pe": "s_srpe", "context": "time"}]}}},
+                             ["tables.f25_table1.rows[0]", "'s_srpe' cannot take context 'time'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_config_fails_at_dry_run(case, tmp_path):
+    overlay, fragments = CASES[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--nolock", "--configfile",
+                           "config/smoke.yaml", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    for f in fragments:
+        assert f in out, out[-3000:]

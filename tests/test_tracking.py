@@ -1,0 +1,187 @@
+"""stripes.tracking on a tmp SQLite DB: bootstrap, tags, batched logging, parallel writers, UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stripes import tracking
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def experiment(tmp_path):
+    tracking.init_tracking(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "artifacts", "test", tmp_path / "experiment.json")
+    return tmp_path / "experiment.json"
+
+
+def test_init_is_idempotent_and_writes_experiment_file(tmp_path):
+    a = tracking.init_tracking(f"sqlite:///{tmp_path}/m.db", tmp_path / "art", "exp", tmp_path / "e.json")
+    b = tracking.init_tracking(f"sqlite:///{tmp_path}/m.db", tmp_path / "art", "exp", tmp_path / "e2.json")
+    assert a["experiment_id"] == b["experiment_id"]
+    info = json.loads((tmp_path / "e.json").read_text())
+    assert info["tracking_uri"].startswith("sqlite:////")  # absolute path
+    assert (tmp_path / "m.db").exists()
+
+
+def test_run_tags_params_metrics_and_nesting(experiment, tmp_path):
+    tr = tracking.Tracker.from_experiment_file(experiment)
+    cfg = {"run": {"pe": "rope_c", "context": "bin", "seed": 3}, "train": {"lr": 1e-3, "sizes": [1, 2]}}
+    parent = tr.start_run("tune rope_c/bin", tags=tr.run_tags(cfg, "tune"))
+    child = tr.start_run("trial0", tags=tr.run_tags(cfg, "tune"), parent_run_id=parent)
+    from stripes.config import flatten
+
+    tr.log_params(child, flatten(cfg))
+    for step in range(3):
+        tr.log_metrics(child, {"val_loss": 1.0 - step / 10, "lr": 1e-3, "nan": float("nan")}, step=step)
+    (tmp_path / "a.txt").write_text("x")
+    tr.log_artifact(child, tmp_path / "a.txt")
+    tr.end_run(child)
+    tr.end_run(parent)
+    run = tr.client.get_run(child)
+    assert run.info.status == "FINISHED"
+    t = run.data.tags
+    assert (t["pe"], t["context"], t["seed"], t["stage"]) == ("rope_c", "bin", "3", "tune")
+    assert t["mlflow.parentRunId"] == parent and t["mlflow.source.name"] == "stripes tune"
+    assert len(t["config_hash"]) == 12 and t["git_commit"]
+    assert run.data.params["train.lr"] == "0.001" and run.data.params["train.sizes"] == "[1, 2]"
+    hist = tr.client.get_metric_history(child, "val_loss")
+    assert [m.step for m in hist] == [0, 1, 2]
+    assert "nan" not in run.data.metrics
+    assert [a.path for a in tr.client.list_artifacts(child)] == ["a.txt"]
+
+
+WRITER = r"""
+import sys, time
+from stripes.tracking import Tracker
+tr = Tracker.from_experiment_file(sys.argv[1])
+i = int(sys.argv[2])
+cfg = {"run": {"pe": "pe%d" % i, "context": "time", "seed": i}}
+rid = tr.start_run("w%d" % i, tags=tr.run_tags(cfg, "train"))
+tr.log_params(rid, {"i": i, "x": "y"})
+for step in range(20):
+    tr.log_metrics(rid, {"val_loss": 1.0 / (step + 1), "train_loss": 2.0}, step=step)
+tr.end_run(rid, "FINISHED")
+print(rid)
+"""
+
+
+@pytest.mark.slow
+def test_eight_parallel_writers(experiment):
+    """design.md: with the DB and experiment created first, 8 parallel writers give 0 errors."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(experiment), str(i)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for i in range(8)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [o[1][-2000:] for o in outs]
+    ids = {o[0].strip().splitlines()[-1] for o in outs}
+    tr = tracking.Tracker.from_experiment_file(experiment)
+    runs = tr.client.search_runs([tr.experiment_id], max_results=100)
+    assert {r.info.run_id for r in runs} == ids and len(ids) == 8
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(len(tr.client.get_metric_history(r.info.run_id, "val_loss")) == 20 for r in runs)
+
+
+def test_train_wrapper_records_failure(experiment, tmp_path, monkeypatch):
+    """A training that raises: run FAILED in MLflow, failure record written, job exits cleanly."""
+    fake = type(sys)("stripes.train")
+
+    def train(cfg, out_dir, callback=None):
+        callback({"epoch": 0, "step": 5, "train_loss": 1.0, "val_loss": 0.9, "lr": 1e-3, "frames_per_s": 10.0})
+        raise RuntimeError("diverged")
+
+    fake.train = train
+    monkeypatch.setitem(sys.modules, "stripes.train", fake)
+    cfg_path = tmp_path / "config.json"
+    cfg_path.write_text(json.dumps({"run": {"pe": "nope", "context": "time", "seed": 0}}))
+    rec = tracking.run_train(cfg_path, tmp_path / "train", experiment, tmp_path / "rec.json", record_failures=True)
+    assert rec["status"] == "failed" and "diverged" in rec["error"]
+    tr = tracking.Tracker.from_experiment_file(experiment)
+    run = tr.client.get_run(rec["run_id"])
+    assert run.info.status == "FAILED" and run.data.metrics["val_loss"] == 0.9
+    # the evaluation of a failed training writes a failure record, never numbers
+    ev = tracking.run_evaluate(cfg_path, tmp_path / "train", tmp_path / "eval", tmp_path / "rec.json", experiment,
+                               tmp_path / "eval_rec.json")
+    assert ev["status"] == "failed"
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["status"] == "failed"
+    with pytest.raises(RuntimeError):
+        tracking.run_train(cfg_path, tmp_path / "train2", experiment, tmp_path / "rec2.json", record_failures=False)
+
+
+def test_ui_prints_lean_command(experiment, capsys):
+    assert tracking.main(["--experiment-file", str(experiment), "--port", "5123", "--print-url"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    info = json.loads(Path(experiment).read_text())
+    assert out[0] == f"http://127.0.0.1:5123/#/experiments/{info['experiment_id']}/runs"
+    assert "--workers 1" in out[1] and "--host 127.0.0.1" in out[1]
+    cmd, env, _ = tracking.ui_command(info, "0.0.0.0", 1)
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false" and "0.0.0.0" in cmd
+
+
+def test_ui_without_full_mlflow_says_how_to_install(experiment, capsys, monkeypatch):
+    monkeypatch.setattr(tracking, "mlflow_server_available", lambda: False)
+    assert tracking.main(["--experiment-file", str(experiment)]) == 3
+    assert "pip install -e '.[ui]'" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ui_lists_the_study_runs_in_headless_chromium(experiment, tmp_path):
+    """Open #/experiments/<id>/runs in headless Chromium and find the runs' names in the page."""
+    if not tracking.mlflow_server_available():
+        pytest.skip("full mlflow (the [ui] extra) is not installed: pip install -e '.[ui]'")
+    chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome")
+                     if shutil.which(n)), None)
+    if chromium is None:
+        pytest.skip("no chromium / google-chrome binary on PATH")
+    tr = tracking.Tracker.from_experiment_file(experiment)
+    names = []
+    for i in range(3):
+        name = f"rope_c/bin/seed{i}"
+        rid = tr.start_run(name, tags=tr.run_tags({"run": {"pe": "rope_c", "context": "bin", "seed": i}}, "train"))
+        tr.end_run(rid)
+        names.append(name)
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    server = subprocess.Popen([sys.executable, "-m", "stripes.cli", "ui", "--experiment-file", str(experiment),
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env, start_new_session=True)
+    try:
+        url = server.stdout.readline().strip().split(": ", 1)[-1]
+        assert url.endswith(f"/#/experiments/{tr.experiment_id}/runs")
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(1)
+        dom = ""
+        for _ in range(5):
+            dom = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
+                                  "--virtual-time-budget=20000", "--dump-dom", url],
+                                 capture_output=True, text=True, timeout=120).stdout
+            if all(n in dom for n in names):
+                break
+            time.sleep(3)
+        missing = [n for n in names if n not in dom]
+        assert not missing, f"runs not listed in the MLflow UI page: {missing}"
+    finally:
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)  # the ui process and the mlflow server it started
+        server.wait(timeout=30)

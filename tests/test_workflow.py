@@ -1,0 +1,225 @@
+"""The study as one Snakemake DAG: lint, dry-run job lists (adding a PE), and the smoke study
+end to end (slow) in a fresh copy of the repository."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def fresh_copy(dest: Path) -> Path:
+    """git-tracked + untracked-not-ignored files of the working tree (what CI checks out), plus
+    the committed reference tables; no results, no .snakemake."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file() and not f.startswith(("results/", ".snakemake/")) or f.startswith("results/reference/"):
+            if src.is_file():
+                (dest / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / f)
+    for f in (ROOT / "results" / "reference").glob("*"):
+        (dest / "results" / "reference").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dest / "results" / "reference" / f.name)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = dict(os.environ, PYTHONPATH=str(workdir / "src"), **(env or {}))
+    return subprocess.run([SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def dry_run_jobs(workdir: Path, *configfiles: str) -> Counter:
+    """rule -> job count of `snakemake -n` (the summary table)."""
+    args = ["-n", "--nolock", "--cores", "1"]
+    if configfiles:
+        args += ["--configfile", *configfiles]
+    proc = snakemake(workdir, *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    jobs = Counter()
+    m = re.search(r"Job stats:\n(.*?)\n\s*total\s+\d+", out, re.S)
+    if not m:
+        return jobs
+    for line in m.group(1).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def dry_run_job_list(workdir: Path, *configfiles: str) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job `snakemake -n` would run."""
+    args = ["-n", "--nolock", "--cores", "1", "--printshellcmds", "--verbose"]
+    if configfiles:
+        args += ["--configfile", *configfiles]
+    proc = snakemake(workdir, *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    jobs = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if not m:
+            continue
+        w = re.search(r"wildcards: (.*)", block)
+        jobs.add((m.group(1), w.group(1).strip() if w else ""))
+    return jobs
+
+
+def test_lint_is_clean_for_the_study_rules():
+    proc = snakemake(ROOT, "--lint", "--nolock", "--configfile", "config/smoke.yaml", timeout=300)
+    out = proc.stdout + proc.stderr
+    ours = {"mlflow_init", "tune_config", "tune", "resolve_run_config", "train", "evaluate", "report_spec", "aggregate"}
+    flagged = set(re.findall(r"Lints for rule (\w+)", out))
+    assert not flagged & ours, out[-4000:]
+    for f in ("common.smk", "tune.smk", "train.smk", "report.smk"):
+        assert f"Lints for snakefile {ROOT}/workflow/rules/{f}" not in out, out[-4000:]
+
+
+def test_dry_run_schedules_every_pair_once():
+    jobs = dry_run_jobs(ROOT, "config/smoke.yaml")
+    from stripes.config import load_config, plan_study
+
+    plan = plan_study(load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "smoke.yaml"))
+    # on a tree that has not run the study yet, each unique pair is tuned once, each run trained once
+    if jobs.get("tune"):
+        assert jobs["tune"] <= len(plan.pairs)
+    assert jobs.get("train", 0) <= len(plan.runs)
+
+
+def test_adding_a_pe_schedules_only_its_jobs(tmp_path):
+    """In a copy where the smoke study is complete (outputs touched), adding a PE to a table
+    schedules only that PE's tune/train/evaluate jobs (and config resolution) plus aggregation."""
+    work = fresh_copy(tmp_path / "repo")
+    # 1) mark the whole smoke study complete without running it: create every output listed by
+    #    --summary, then `--touch` so that snakemake sees an up-to-date tree.
+    proc = snakemake(work, "-n", "--nolock", "--configfile", "config/smoke.yaml", "--summary", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = [line.split("\t")[0] for line in proc.stdout.splitlines()[1:] if "\t" in line]
+    assert outputs
+    for f in outputs:
+        p = work / f
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if not p.exists():
+            p.write_text("{}\n")
+    proc = snakemake(work, "--cores", "1", "--configfile", "config/smoke.yaml", "--touch", "all", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = dry_run_job_list(work, "config/smoke.yaml")
+    assert not any(rule in ("tune", "train", "evaluate") for rule, _ in before), sorted(before)[:20]
+    # 2) the user adds a PE: one registry entry (an existing class) + a table row
+    reg = yaml.safe_load((work / "config" / "pe.yaml").read_text())
+    reg["rope_d"] = {"class": "stripes.pe.rope.RoPE", "kwargs": dict(reg["rope_a"]["kwargs"]),
+                     "description": "walk-through example: RoPE(A) under a new name", "reference": "config/README.md"}
+    (work / "config" / "pe.yaml").write_text(yaml.safe_dump(reg, sort_keys=False))
+    overlay = work / "config" / "add_pe.yaml"
+    cfg = yaml.safe_load((work / "config" / "config.yaml").read_text())
+    rows = cfg["tables"]["s26_table2"]["rows"] + [{"pe": "rope_d", "contexts": ["time", "bin"]}]
+    overlay.write_text(yaml.safe_dump({"tables": {"s26_table2": {"rows": rows}}}))
+    after = dry_run_job_list(work, "config/smoke.yaml", str(overlay))
+    heavy = {(r, w) for r, w in after if r in ("tune", "train", "evaluate", "tune_config", "resolve_run_config")}
+    assert heavy and all("pe=rope_d" in w for _, w in heavy), sorted(heavy)
+    counts = Counter(r for r, _ in heavy)
+    assert counts == {"tune_config": 2, "tune": 2, "resolve_run_config": 4, "train": 4, "evaluate": 4}
+    others = {r for r, _ in after} - {r for r, _ in heavy}
+    assert others <= {"report_spec", "aggregate", "all"}, others
+    assert "aggregate" in others
+
+
+# ------------------------------------------------------------------ the smoke study, end to end
+
+
+def _pop909() -> Path:
+    return Path(os.environ.get("STRIPES_POP909", SHARED / "pop909" / "POP909"))
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end(tmp_path):
+    pop = _pop909()
+    if not (pop / "001" / "001.mid").exists():
+        pytest.skip(f"POP909 copy not found at {pop} (set STRIPES_POP909)")
+    env = {"STRIPES_POP909": str(pop)}
+    structure = Path(os.environ.get("STRIPES_POP909_STRUCTURE", SHARED / "pop909-structure" / "POP909"))
+    if structure.exists():
+        env["STRIPES_POP909_STRUCTURE"] = str(structure)
+    work = fresh_copy(tmp_path / "repo")
+    t0 = time.time()
+    proc = snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", timeout=900, env=env)
+    wall = time.time() - t0
+    (tmp_path / "snakemake.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    print(f"smoke study wall time: {wall:.0f} s")
+    assert wall < 600, f"smoke study took {wall:.0f} s (budget 600 s on 2 cores)"
+
+    from stripes.config import load_config, plan_study
+
+    cfg = load_config(work / "config" / "config.yaml", work / "config" / "smoke.yaml")
+    plan = plan_study(cfg)
+    res = work / "results"
+    # every table: one row per configured (pe, context); every cell a number
+    for name in plan.metric_tables:
+        t = plan.tables[name]
+        with open(res / "tables" / f"{name}.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        expected = {(r.pe, r.context) for r in t.rows} | {("*", c) for _, c in t.best_of}
+        got = {(r["pe"] if not r["selected_from"] else "*", r["context"]) for r in rows}
+        assert got == expected, (name, got ^ expected)
+        assert len(rows) == len(expected)
+        by_pe = {(r.pe, r.context): r.settings for r in t.rows}
+        for r in rows:
+            settings = by_pe.get((r["pe"], r["context"]), ("test_16", "test_64"))
+            for s, short in (("test_16", "16"), ("test_64", "64")):
+                for m in ("cs", "ssmd", "gs", "ndd"):
+                    v = r[f"{m}_{short}_mean"]
+                    if s in settings:
+                        float(v)  # a number (raises on "" = missing)
+                        assert r[f"{m}_{short}_std"] != ""
+                    else:
+                        assert v == "n/a"
+    for name in (n for n, t in plan.tables.items() if t.kind == "mutual_information"):
+        assert (res / "tables" / f"{name}.csv").exists()
+    assert (res / "figures" / "mi_vs_performance.png").stat().st_size > 5000
+    with open(res / "tables" / "failures.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 0
+
+    # MLflow: one finished run per (pe, context, seed) + the tuning runs (parent + trials) + summary
+    db = sqlite3.connect(res / "mlflow" / "mlflow.db")
+    tags = {}
+    for run_uuid, key, value in db.execute("select run_uuid, key, value from tags"):
+        tags.setdefault(run_uuid, {})[key] = value
+    status = dict(db.execute("select run_uuid, status from runs where lifecycle_stage = 'active'"))
+    train_runs = Counter((t["pe"], t["context"], t["seed"]) for rid, t in tags.items()
+                         if t.get("stage") == "train" and rid in status)
+    assert set(train_runs) == {(pe, c, str(s)) for pe, c, s in plan.runs}
+    assert all(n == 1 for n in train_runs.values())
+    assert all(status[rid] == "FINISHED" for rid, t in tags.items() if t.get("stage") == "train")
+    study_runs = [rid for rid, t in tags.items() if t.get("stage") == "tune" and t.get("role") == "study"]
+    trial_runs = [rid for rid, t in tags.items() if t.get("stage") == "tune" and "mlflow.parentRunId" in t]
+    assert len(study_runs) == len(plan.pairs) and len(trial_runs) >= len(plan.pairs)
+    assert all(status[r] == "FINISHED" for r in study_runs + trial_runs)
+    # each run records its id in a file of the DAG
+    for pe, c, s in plan.runs:
+        rec = json.loads((res / "train" / pe / c / f"seed{s}" / "mlflow_run.json").read_text())
+        assert rec["status"] == "ok" and tags[rec["run_id"]]["pe"] == pe
+    summary = json.loads((res / "mlflow" / "summary_run.json").read_text())
+    assert status[summary["run_id"]] == "FINISHED"
+
+    # a second run does nothing
+    proc = snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
