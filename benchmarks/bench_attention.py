@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     info = _machine(args.device)
-    print("# bench_attention: fwd+bwd time (median) / peak memory growth")
+    print("# bench_attention: fwd+bwd step time and peak memory, one fresh subprocess per cell")
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()) + f", batch={args.batch}, chunk={args.chunk}")
     results = {}
     for scope, kinds in (("attention", [k for k in args.attention.split(",") if k]),

@@ -37,6 +37,12 @@ def peak_mb() -> tuple[float, float]:
     return me, kids
 
 
+def cpu_seconds() -> float:
+    """User+system CPU time of this process and its reaped workers (contention-independent)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -52,17 +58,20 @@ def main() -> None:
                 "max_songs": args.songs}
     print(f"machine: nproc={os.cpu_count()} cpu={cpu_model()!r} python={platform.python_version()}")
     print(f"jobs={args.jobs} out={out}")
-    rows = []
+    rows, load0 = [], os.getloadavg()[0]
     for label in ("cold", "warm"):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         report = prepare(settings, jobs=args.jobs, verify_files=True, log=lambda *a: None)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         # songs that went through preparation (kept or failed), not those cut by --songs
         n = report["songs_found"] - sum(r.startswith("beyond") for r in report["dropped"].values())
-        rows.append((label, n, report["processed_songs"], wall, *peak_mb()))
-    print(f"{'run':<5} {'songs':>6} {'processed':>9} {'wall_s':>8} {'songs/s':>8} {'peak_self_MiB':>13} {'peak_child_MiB':>14}")
-    for label, n, processed, wall, me, kids in rows:
-        print(f"{label:<5} {n:>6} {processed:>9} {wall:>8.2f} {n / wall:>8.1f} {me:>13.0f} {kids:>14.0f}")
+        rows.append((label, n, report["processed_songs"], wall, cpu, *peak_mb()))
+    print(f"1-min load average before/after: {load0:.2f}/{os.getloadavg()[0]:.2f} "
+          "(other processes on the machine slow the wall time; cpu_s does not depend on them)")
+    print(f"{'run':<5} {'songs':>6} {'processed':>9} {'wall_s':>8} {'cpu_s':>7} {'songs/s':>8} "
+          f"{'peak_self_MiB':>13} {'peak_child_MiB':>14}")
+    for label, n, processed, wall, cpu, me, kids in rows:
+        print(f"{label:<5} {n:>6} {processed:>9} {wall:>8.2f} {cpu:>7.1f} {n / wall:>8.1f} {me:>13.0f} {kids:>14.0f}")
     print(f"windows: {report['windows']}")
     if args.out is None:
         shutil.rmtree(out)

@@ -14,8 +14,8 @@ rule toy_kernels:
     benchmark:
         "results/benchmarks/toy_kernels.tsv"
     shell:
-        "stripes toy --out-png {output.png} --out-csv {output.csv}"
-        " --n-freqs {params.n_freqs} --seed {params.seed} > {log} 2>&1"
+        "{PY} -m stripes.cli toy --out-png {output.png:q} --out-csv {output.csv:q}"
+        " --n-freqs {params.n_freqs} --seed {params.seed} > {log:q} 2>&1"
 
 
 TARGETS += rules.toy_kernels.output
