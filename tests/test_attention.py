@@ -39,8 +39,8 @@ def test_chunked_matches_reference_outputs_and_grads(t, chunk, eps_tensor):
 
 
 def test_chunked_gradcheck_including_eps():
-    q, k, v, _ = _inputs(7, m=3, dv=2)
-    eps = (torch.rand(2, 3, 7, dtype=torch.float64) * 0.1).requires_grad_()
+    q, k, v = (x[:1, :1].detach().requires_grad_() for x in _inputs(7, m=3, dv=2)[:3])
+    eps = (torch.rand(1, 1, 7, dtype=torch.float64) * 0.1).requires_grad_()
     assert torch.autograd.gradcheck(lambda *a: causal_linear_attention_chunked(*a, 3), (q, k, v, eps))
 
 
@@ -71,9 +71,9 @@ def test_favor_estimates_softmax_kernel():
     x = torch.randn(200, 8, generator=g, dtype=torch.float64) * 0.5
     y = torch.randn(200, 8, generator=g, dtype=torch.float64) * 0.5
     est = torch.zeros(200, dtype=torch.float64)
-    for _ in range(100):
-        om = draw_orthogonal_features(8, 256, g)
-        est += (favor_features(x, om)[0] * favor_features(y, om)[0]).sum(-1) / 100
+    for _ in range(10):
+        om = draw_orthogonal_features(8, 4096, g)
+        est += (favor_features(x, om)[0] * favor_features(y, om)[0]).sum(-1) / 10
     exact = torch.exp((x * y).sum(-1) / math.sqrt(8))
     assert ((est / exact).mean() - 1).abs() < 0.02
 

@@ -141,11 +141,11 @@ def test_fstripe1_pooled_and_unpooled():
 
 
 def test_spe_monte_carlo_converges_to_sine_mixture():
-    R, K = 32, 3
+    R, K = 256, 3
     pe = _make(SineSPE, realizations=R, num_sines=K, gated=False).train()
     pos = torch.arange(5, dtype=torch.float64).view(1, 5, 1)
     torch.manual_seed(0)
-    n = 400
+    n = 40  # x R realisations each: 10k samples of every code product
     acc = 0
     for _ in range(n):
         qb, kb = pe.realisations(pe.prepare(pos))  # (1,H,T,D,R)

@@ -219,6 +219,11 @@ def test_smoke_study_end_to_end(tmp_path):
     summary = json.loads((res / "mlflow" / "summary_run.json").read_text())
     assert status[summary["run_id"]] == "FINISHED"
 
+    # the HTML report holds the tables and figures
+    proc = snakemake(work, "--configfile", "config/smoke.yaml", "--report", "report.html", timeout=300, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert (work / "report.html").stat().st_size > 10000
+
     # a second run does nothing
     proc = snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

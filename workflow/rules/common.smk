@@ -37,6 +37,12 @@ except ConfigError as exc:
 PE_REGISTRY = load_pe_registry(config, REPO)
 PY = "python"  # resolved on PATH: the project's interpreter (or the conda env's with --use-conda)
 RESULTS = "results"
+
+
+report: "../report/workflow.rst"
+
+
+
 PAIRS = PLAN.pairs  # unique (pe, context): tuned once, shared by every table
 RUNS = PLAN.runs  # (pe, context, seed): trained and evaluated once
 EXPERIMENT = f"{RESULTS}/mlflow/experiment.json"
