@@ -141,8 +141,9 @@ def test_end_to_end_outputs(reference_run):
     assert rows[-1]["lr"] == pytest.approx(2e-3 * 0.85**3)
     # checkpoints load with weights_only=True and hold everything needed to resume
     ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-    assert {"model", "optimizer", "scheduler", "rng", "step", "best_val_loss", "history"} <= set(ck)
-    assert ck["step"] == 16
+    assert {"model", "optimizer", "scheduler", "rng", "step", "best_val_loss", "history", "data_order"} <= set(ck)
+    assert ck["step"] == 16 and ck["data_order"]["epoch"] == 4 and ck["data_order"]["batch"] == 0
+    assert {"python", "numpy", "torch", "cuda"} <= set(ck["rng"])
     best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
     assert best["step"] == js["best_step"]
     assert not list(out.glob(".*tmp*"))  # no leftover temporary files
@@ -297,8 +298,9 @@ def test_bf16_autocast_cpu_runs_and_stays_close(data_dir, tmp_path, reference_ru
 
 @pytest.mark.gpu
 @pytest.mark.data
-def test_cuda_train_and_resume(data_dir, tmp_path):
-    # on CUDA: train, resume from last.pt (a second call continues to the same end), bf16 path
+def test_cuda_train_bf16_checkpoints_cuda_rng(data_dir, tmp_path):
+    # on CUDA with bf16 autocast: the run finishes with a finite loss and the checkpoint carries
+    # the CUDA RNG states needed for an exact resume
     cfg = tiny_cfg(data_dir, epochs=2, device="cuda", bf16=True)
     s = T.train(cfg, tmp_path / "a")
     assert s["device"].startswith("cuda") and math.isfinite(s["best_val_loss"])

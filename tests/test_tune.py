@@ -53,7 +53,7 @@ def test_grid_default_is_paper_lr_grid_and_outputs(tmp_path):
 
 
 def test_same_best_on_rerun_tpe(tmp_path):
-    spec = {"sampler": "tpe", "n_trials": 12, "space": {
+    spec = {"sampler": "tpe", "n_trials": 8, "space": {
         "train.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
         "model.dropout": {"type": "float", "low": 0.0, "high": 0.3}}}
     a = tune.run_study(base_cfg(), spec, "rope_c", "bin", tmp_path / "a", objective=tpe_objective)
@@ -142,8 +142,8 @@ def test_tiny_real_torch_objective_is_deterministic(tmp_path):
             loss = torch.nn.functional.mse_loss(model(x).squeeze(-1), y)
             loss.backward()
             opt.step()
-            best = min(best, float(loss))
-            trial.report(float(loss), step)
+            best = min(best, loss.item())
+            trial.report(loss.item(), step)
         return best
 
     spec = {"space": {"train.lr": {"type": "categorical", "choices": [1e-3, 1e-2, 1e-1]}}}

@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.experiment:
         from stripes.tracking import log_summary
 
-        files = summary["written"] + [f for f in args.extra_artifact if Path(f).exists()]
+        files = summary["written"] + [f for f in args.extra_artifact if f and Path(f).is_file()]
         rec = log_summary(args.experiment, files, args.run_record or Path(args.out) / "mlflow" / "summary_run.json")
         summary["mlflow_run_id"] = rec["run_id"]
     print(json.dumps(summary, indent=1))

@@ -223,7 +223,7 @@ def run_train(config: str | Path, out_dir: str | Path, experiment: str | Path, r
         from stripes.train import train
 
         summary = train(cfg, out, callback=callback) or {}
-        if events:
+        if events and not (out / "curves.png").exists():
             plot_curves(events, out / "curves.png", f"{run['pe']} / {run['context']} / seed {run['seed']}")
         for name in ("curves.png", "curves.csv", "train.json"):
             tracker.log_artifact(run_id, out / name)

@@ -393,6 +393,12 @@ def train(
                 f"run {name}: {last_path} was written with a different config "
                 f"(fingerprint {ck.get('fingerprint')} != {fp}); rerun with --no-resume to start over"
             )
+        order = ck.get("data_order") or {}
+        if order and (order.get("n_windows") != n or order.get("steps_per_epoch") != spe):
+            raise ValueError(
+                f"run {name}: the training data changed since {last_path} was written "
+                f"({order.get('n_windows')} -> {n} windows); rerun with --no-resume to start over"
+            )
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -431,6 +437,9 @@ def train(
                 "scheduler": sched.state_dict(),
                 "rng": devmod.rng_state(),
                 "generators": {k: g.get_state() for k, g in gens.items()},
+                # the order of epoch e is epoch_permutation(seed, e, n_windows); resume at batch b
+                "data_order": {"seed": seed, "epoch": step // spe, "batch": step % spe,
+                               "steps_per_epoch": spe, "n_windows": n, "batch_size": bs},
                 "best_val_loss": best_val,
                 "best_step": best_step,
                 "history": history,

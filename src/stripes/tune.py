@@ -8,7 +8,10 @@
   rerun resumes it: finished trials (complete or pruned) are counted and only the missing ones run;
   trials left RUNNING by a killed job are marked FAIL and redone. If the run config or the tuning
   spec changed, the old working journal is moved aside and the study starts afresh. On success the
-  journal is copied to the declared output ``DIR/study.journal``.
+  journal is copied to the declared output ``DIR/study.journal``. For many machines
+  ``tune.storage`` may select Optuna's RDBStorage (PostgreSQL; :mod:`stripes.storage`): the study
+  is then named ``pe.context.<fingerprint>`` in the database (a changed config starts a new study)
+  and exported to ``DIR/study.journal`` at the end.
 * Sampler: ``GridSampler`` (default; reproduces the papers' lr grid), ``TPESampler`` or
   ``RandomSampler``, seeded with :func:`stripes.config.stable_seed` of (pe, context).
 * Each trial trains through ``stripes.train.train(cfg, out_dir, callback)``; the callback reports
@@ -32,6 +35,8 @@ from typing import Any, Callable
 import optuna
 
 from stripes.config import config_hash, read_json, set_dotted, stable_seed, write_json
+from stripes.storage import (export_study_journal, journal_storage, open_optuna_storage, optuna_storage_settings,
+                             study_name)
 
 DEFAULT_SPEC: dict[str, Any] = {
     "sampler": "grid",
@@ -188,14 +193,15 @@ def objective_value(spec: dict, losses: list[float], summary: dict) -> float:
 # ----------------------------------------------------------------------------- the study
 
 
-def open_study(work_journal: Path, pe: str, context: str, spec: dict, fingerprint: str) -> optuna.Study:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
+def open_study(work_journal: Path, pe: str, context: str, spec: dict, fingerprint: str,
+               storage_settings: dict | None = None) -> optuna.Study:
+    """Open (or resume) the study. ``storage_settings``: ``tune.storage`` (stripes.storage); the
+    default is the journal file ``work_journal``; an RDB names the study with its fingerprint."""
+    settings = optuna_storage_settings(storage_settings)
     work_journal.parent.mkdir(parents=True, exist_ok=True)
-    name = f"{pe}.{context}"
-    if work_journal.exists():
-        storage = JournalStorage(JournalFileBackend(str(work_journal)))
+    name = study_name(pe, context, settings, fingerprint)
+    if settings["backend"] == "journal" and work_journal.exists():
+        storage = journal_storage(work_journal, settings["journal_lock"])
         try:
             old = optuna.load_study(study_name=name, storage=storage)
             stale = old.user_attrs.get("fingerprint") != fingerprint
@@ -203,7 +209,7 @@ def open_study(work_journal: Path, pe: str, context: str, spec: dict, fingerprin
             stale = True
         if stale:  # the config or the spec changed: start afresh, keep the old journal aside
             work_journal.replace(work_journal.with_name(f"stale-{int(time.time())}.journal"))
-    storage = JournalStorage(JournalFileBackend(str(work_journal)))
+    storage = open_optuna_storage(settings, work_journal)
     study = optuna.create_study(
         study_name=name,
         storage=storage,
@@ -259,12 +265,14 @@ def run_study(
 ) -> dict:
     """Run (or resume) the study of (pe, context); write study.journal, best.json, trials.csv."""
     spec = full_spec(spec)
+    # where the study is stored does not change its trials: not part of the fingerprint
+    storage_settings = optuna_storage_settings(spec.pop("storage", None))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = config_hash({"cfg": base_cfg, "spec": spec})
     work_journal = out / "work" / "study.journal"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(work_journal, pe, context, spec, fingerprint)
+    study = open_study(work_journal, pe, context, spec, fingerprint, storage_settings)
 
     parent_run_id = None
     if tracker is not None:
@@ -289,7 +297,9 @@ def run_study(
     try:
         if missing:
             # serial trials (n_jobs=1): parallel workers on one study are not reproducible (design.md §3)
-            study.optimize(objective, n_trials=missing, n_jobs=1, gc_after_trial=True)
+            # a trial that raises is recorded FAIL (traceback in the job log) and the study goes
+            # on; a rerun of the job retries failed grid points. No completed trial -> error below.
+            study.optimize(objective, n_trials=missing, n_jobs=1, gc_after_trial=True, catch=(Exception,))
         status = "FINISHED"
     finally:
         if tracker is not None and status != "FINISHED":
@@ -315,7 +325,10 @@ def run_study(
         "fingerprint": fingerprint,
     }
     write_trials_csv(study, out / "trials.csv")
-    shutil.copyfile(work_journal, out / "study.journal")
+    if storage_settings["backend"] == "journal":
+        shutil.copyfile(work_journal, out / "study.journal")
+    else:  # RDB: the declared output is still a self-contained journal of the study
+        export_study_journal(study._storage, study.study_name, out / "study.journal", f"{pe}.{context}")
     if tracker is not None:
         tracker.log_metrics(parent_run_id, {"best_value": best.value, "n_complete": len(complete)})
         tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in best.params.items()})

@@ -6,6 +6,7 @@
 MI_TABLE = f"{RESULTS}/tables/mutual_information.csv"  # written by the data stage (data.smk)
 TABLE_NAMES = PLAN.metric_tables + [n for n, t in PLAN.tables.items() if t.kind == "mutual_information"]
 MI_FIGURE = f"{RESULTS}/figures/mi_vs_performance.png"
+TOY_FIGURE = f"{RESULTS}/figures/toy_kernels.png"  # written by analysis.smk (Figs. 2-3)
 HAS_MI_FIGURE = bool(config.get("study", {}).get("mi_figure", {}).get("table"))
 NEEDS_MI = HAS_MI_FIGURE or len(TABLE_NAMES) > len(PLAN.metric_tables)
 
@@ -37,6 +38,7 @@ rule aggregate:
         reference="results/reference/paper_tables.csv",
         mi=[MI_TABLE] if NEEDS_MI else [],
         experiment=EXPERIMENT,
+        toy=[TOY_FIGURE] if TOY_FIGURE in TARGETS else [],
     output:
         csv=[report(f"{RESULTS}/tables/{n}.csv", caption="../report/table.rst", category="Tables", subcategory=n, labels={"table": n}) for n in TABLE_NAMES],
         md=[f"{RESULTS}/tables/{n}.md" for n in TABLE_NAMES],
@@ -46,6 +48,7 @@ rule aggregate:
         record=f"{RESULTS}/mlflow/summary_run.json",
     params:
         out=lambda wc, output: str(Path(output.failures).parent.parent),
+        extra=lambda wc, input: " ".join(f"--extra-artifact {f}" for f in [*input.toy, *input.mi]),
     log:
         f"{RESULTS}/logs/aggregate.log",
     benchmark:
@@ -54,7 +57,8 @@ rule aggregate:
         ENV
     shell:
         "python -m stripes.cli aggregate --spec {input.spec:q} --out {params.out:q}"
-        " --experiment {input.experiment:q} --run-record {output.record:q} > {log:q} 2>&1"
+        " --experiment {input.experiment:q} --run-record {output.record:q} {params.extra}"
+        " > {log:q} 2>&1"
 
 
 TARGETS += [rules.aggregate.output.record]
