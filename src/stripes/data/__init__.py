@@ -6,7 +6,9 @@ annotations and alignment (``annotations``), per-song cache, split and report (`
 
 # (no `from __future__ import annotations` here: it would shadow the `annotations` submodule)
 
-__all__ = ["WindowDataset", "Prepared", "prepare", "window_starts"]
+# `prepare` is deliberately not re-exported: it is also the name of the submodule, and importing
+# the submodule rebinds the package attribute. Use `from stripes.data.prepare import prepare`.
+__all__ = ["WindowDataset", "Prepared", "window_starts"]
 
 
 def __getattr__(name: str):
@@ -18,8 +20,8 @@ def __getattr__(name: str):
         from stripes.data.store import Prepared
 
         return Prepared
-    if name in ("prepare", "window_starts"):
-        from stripes.data import prepare as _prepare
+    if name == "window_starts":
+        import importlib
 
-        return getattr(_prepare, name)
+        return importlib.import_module("stripes.data.prepare").window_starts
     raise AttributeError(f"module 'stripes.data' has no attribute {name!r}")
