@@ -78,6 +78,22 @@ def test_favor_estimates_softmax_kernel():
     assert ((est / exact).mean() - 1).abs() < 0.02
 
 
+@pytest.mark.parametrize("stabilize", [False, True])
+def test_favor_features_formula_and_gradients(stabilize):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, generator=g, dtype=torch.float64).requires_grad_()
+    om = draw_orthogonal_features(4, 8, g)
+    phi, shift = favor_features(x, om, stabilize)
+    xs = x * 4**-0.25
+    u = xs @ om
+    norm = 0.5 * (xs * xs).sum(-1, keepdim=True) + 0.5 * math.log(8)
+    expected = torch.cat([torch.exp(u - norm), torch.exp(-u - norm)], -1)
+    if stabilize:
+        expected = expected * torch.exp(-shift).unsqueeze(-1)
+    torch.testing.assert_close(phi, expected)
+    assert torch.autograd.gradcheck(lambda x: favor_features(x, om, stabilize)[0], (x,))
+
+
 def test_query_stabilisation_leaves_attention_unchanged():
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, 2, 9, 4, generator=g, dtype=torch.float64) * 3

@@ -506,9 +506,53 @@ def test_tune_job_killed_mid_study_keeps_finished_trials(prepared, tmp_path):
     b = json.loads((ref / target).read_text())
     assert 1 <= a["resumed_with"] < 3, a  # finished trials kept, not rerun
     assert b["resumed_with"] == 0
-    for key in ("params", "value", "trial", "n_complete", "sampler_seed", "fingerprint"):
+    # the same optimum (the trial NUMBER differs: the killed point is retried as a new trial)
+    for key in ("params", "value", "n_complete", "sampler_seed", "fingerprint"):
         assert a[key] == b[key], key
     with open(work / "results/tune/nope/time/trials.csv", newline="") as fh:
         states = [r["state"] for r in csv.DictReader(fh)]
     # the killed trial is FAIL (kept in the record), the grid is complete
     assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1, states
+
+
+# ====================================================================== tune: a SIGKILLed grid trial (fast)
+
+
+def test_grid_point_of_a_killed_trial_is_retried_not_a_duplicate(tmp_path):
+    """Unit-level twin of test_tune_job_killed_mid_study_keeps_finished_trials (which found the
+    bug): a job SIGKILLed during a grid trial leaves that trial RUNNING in the journal; the rerun
+    marks it FAIL and must retry THAT grid point. GridSampler shuffles its grid with its seed, so
+    mapping grid_id through the plain product of the choices retried a wrong point (a duplicate)
+    and the killed point was never evaluated."""
+    import optuna
+
+    from stripes import tune
+
+    lrs = [1e-4, 5e-4, 1e-3]
+    spec = tune.full_spec({"space": {"train.lr": {"type": "categorical", "choices": lrs}}})
+    cfg = {"run": {"pe": "nope", "context": "time", "seed": 0, "stage": "tune"}, "train": {}, "model": {}}
+    from stripes.config import config_hash
+
+    fp = config_hash({"cfg": cfg, "spec": spec})
+    journal = tmp_path / "work" / "study.journal"
+    for killed_at in range(3):  # the kill lands in the 1st, 2nd or 3rd trial
+        shutil.rmtree(tmp_path / "work", ignore_errors=True)
+        study = tune.open_study(journal, "nope", "time", spec, fp)
+        for _ in range(killed_at):
+            t = study.ask()
+            study.tell(t, t.suggest_categorical("train.lr", lrs))
+        t = study.ask()
+        t.suggest_categorical("train.lr", lrs)  # ... and the process dies here (trial left RUNNING)
+        del study
+        seen = []
+
+        def objective(trial):
+            lr = trial.suggest_categorical("train.lr", lrs)
+            seen.append(lr)
+            return lr
+
+        res = tune.run_study(cfg, {"space": spec["space"]}, "nope", "time", tmp_path, objective=objective)
+        st = optuna.load_study(study_name="nope.time", storage=tune.journal_storage(journal))
+        done = sorted(t.params["train.lr"] for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE)
+        assert done == lrs, (killed_at, done)  # every grid point evaluated exactly once
+        assert res["params"] == {"train.lr": 1e-4} and res["resumed_with"] == killed_at

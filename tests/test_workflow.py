@@ -66,11 +66,30 @@ def dry_run_job_list(workdir: Path, *configfiles: str) -> set[tuple[str, str]]:
 def test_lint_is_clean_for_the_study_rules():
     proc = snakemake(ROOT, "--lint", "--nolock", "--configfile", "config/smoke.yaml", timeout=300)
     out = proc.stdout + proc.stderr
-    ours = {"mlflow_init", "tune_config", "tune", "resolve_run_config", "train", "evaluate", "report_spec", "aggregate"}
+    ours = {"mlflow_init", "tune_config", "tune", "resolve_run_config", "train", "evaluate", "train_evaluate",
+            "report_spec", "aggregate"}
     flagged = set(re.findall(r"Lints for rule (\w+)", out))
     assert not flagged & ours, out[-4000:]
     for f in ("common.smk", "tune.smk", "train.smk", "report.smk"):
         assert f"Lints for snakefile {ROOT}/workflow/rules/{f}" not in out, out[-4000:]
+    # the full study (config/config.yaml) keeps train and evaluate as separate jobs
+    proc = snakemake(ROOT, "--lint", "--nolock", timeout=300)
+    flagged = set(re.findall(r"Lints for rule (\w+)", proc.stdout + proc.stderr))
+    assert not flagged & ours, (proc.stdout + proc.stderr)[-4000:]
+
+
+def test_full_study_dry_run_has_separate_train_and_evaluate_jobs(tmp_path):
+    proc = snakemake(ROOT, "-n", "--nolock", "--quiet", "rules", timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    from stripes.config import load_config, plan_study
+
+    plan = plan_study(load_config(ROOT / "config" / "config.yaml"))
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
+    # on a tree that has not trained anything, every run is one train and one evaluate job
+    if "train" in stats:
+        assert int(stats["train"]) <= len(plan.runs) == 127
+        assert "train_evaluate" not in stats
 
 
 def test_adding_a_pe_schedules_only_its_jobs(tmp_path):
@@ -102,10 +121,12 @@ def test_adding_a_pe_schedules_only_its_jobs(tmp_path):
     rows = cfg["tables"]["s26_table2"]["rows"] + [{"pe": "rope_d", "contexts": ["time", "bin"]}]
     overlay.write_text(yaml.safe_dump({"tables": {"s26_table2": {"rows": rows}}}))
     after = dry_run_job_list(work, "config/smoke.yaml", str(overlay))
-    heavy = {(r, w) for r, w in after if r in ("tune", "train", "evaluate", "tune_config", "resolve_run_config")}
+    heavy = {(r, w) for r, w in after
+             if r in ("tune", "train", "evaluate", "train_evaluate", "tune_config", "resolve_run_config")}
     assert heavy and all("pe=rope_d" in w for _, w in heavy), sorted(heavy)
     counts = Counter(r for r, _ in heavy)
-    assert counts == {"tune_config": 2, "tune": 2, "resolve_run_config": 4, "train": 4, "evaluate": 4}
+    # the smoke overlay fuses train + evaluate (study.fuse_train_eval)
+    assert counts == {"tune_config": 2, "tune": 2, "resolve_run_config": 4, "train_evaluate": 4}
     others = {r for r, _ in after} - {r for r, _ in heavy}
     assert others <= {"report_spec", "aggregate", "all"}, others
     assert "aggregate" in others

@@ -44,14 +44,14 @@ def favor_features(x: Tensor, omega: Tensor, stabilize: bool = False) -> tuple[T
     """
     d_in = x.shape[-1]
     m_f = 2 * omega.shape[-1]
-    x = x * d_in**-0.25
-    u = x @ omega
-    norm = 0.5 * (x * x).sum(-1, keepdim=True) + 0.5 * math.log(m_f)
-    expo = torch.cat([u - norm, -u - norm], dim=-1)
+    # tau^(1/2) folded into Omega and the norm: no rescaled copy of x (memory-bound at long T)
+    u = x @ (omega * d_in**-0.25)
+    norm = (x * x).sum(-1, keepdim=True) * (0.5 / math.sqrt(d_in)) + 0.5 * math.log(m_f)
+    expo = torch.cat([u, -u], dim=-1).sub_(norm)  # in place on the fresh cat output
     if not stabilize:
-        return torch.exp(expo), None
-    shift = expo.amax(-1, keepdim=True).detach()
-    return torch.exp(expo - shift), shift.squeeze(-1)
+        return expo.exp_(), None
+    shift = expo.detach().amax(-1, keepdim=True)
+    return expo.sub_(shift).exp_(), shift.squeeze(-1)
 
 
 class FavorFeatureMap(nn.Module):

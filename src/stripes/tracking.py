@@ -328,7 +328,7 @@ def job_main(argv: list[str]) -> int:
     p.add_argument("--artifact-root", required=True)
     p.add_argument("--experiment", required=True)
     p.add_argument("--out", required=True)
-    for name in ("train", "evaluate"):
+    for name in ("train", "evaluate", "train-evaluate"):
         p = sub.add_parser(name)
         p.add_argument("--config", required=True, help="resolved run config (JSON)")
         p.add_argument("--train-dir", required=True)
@@ -336,15 +336,22 @@ def job_main(argv: list[str]) -> int:
         p.add_argument("--record", required=True, help="where to write the run record (mlflow_run.json)")
         p.add_argument("--record-failures", action="store_true")
         if name == "evaluate":
-            p.add_argument("--eval-dir", required=True)
             p.add_argument("--train-record", required=True)
+        if name in ("evaluate", "train-evaluate"):
+            p.add_argument("--eval-dir", required=True)
             p.add_argument("--log-samples", action="store_true")
+        if name == "train-evaluate":
+            p.add_argument("--eval-record", required=True)
     args = ap.parse_args(argv)
     if args.cmd == "init":
         print(json.dumps(init_tracking(args.tracking_uri, args.artifact_root, args.experiment, args.out)))
         return 0
     if args.cmd == "train":
         rec = run_train(args.config, args.train_dir, args.experiment, args.record, args.record_failures)
+    elif args.cmd == "train-evaluate":  # one process: saves the imports of a second job
+        run_train(args.config, args.train_dir, args.experiment, args.record, args.record_failures)
+        rec = run_evaluate(args.config, args.train_dir, args.eval_dir, args.record, args.experiment,
+                           args.eval_record, args.record_failures, args.log_samples)
     else:
         rec = run_evaluate(args.config, args.train_dir, args.eval_dir, args.train_record, args.experiment,
                            args.record, args.record_failures, args.log_samples)
@@ -354,7 +361,7 @@ def job_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] and argv[0] in ("init", "train", "evaluate"):
+    if argv[:1] and argv[0] in ("init", "train", "evaluate", "train-evaluate"):
         return job_main(argv)
     ap = argparse.ArgumentParser(prog="stripes ui", description="Start the MLflow UI on the study's tracking DB.")
     ap.add_argument("--experiment-file", default="results/mlflow/experiment.json",

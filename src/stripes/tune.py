@@ -234,19 +234,28 @@ def requeue_failed_grid_points(study: optuna.Study, spec: dict) -> list[int]:
 
     The enqueued trial carries the grid point's ``grid_id`` (and search space) so that the
     sampler's bookkeeping sees it, and its parameters are fixed to that grid point.
-    """
-    import itertools
 
+    ``grid_id`` indexes the sampler's grid AFTER its seeded shuffle (GridSampler shuffles the grid
+    when it has a seed), not the plain product of the choices: the point is taken from the failed
+    trial's own parameters, else from the sampler's (shuffled) grid. (Found by
+    tests/test_faults.py: with the plain product a SIGKILLed trial's lr was never retried.)
+    """
     grid = grid_of(spec["space"])
     names = sorted(grid)  # GridSampler orders parameters by name
-    points = list(itertools.product(*(grid[n] for n in names)))
+    sampler_grid = getattr(study.sampler, "_all_grids", None)
     trials = study.get_trials(deepcopy=False)
     done = {t.system_attrs.get("grid_id") for t in trials if t.state in FINISHED}
     queued = {t.system_attrs.get("grid_id") for t in trials if t.state == optuna.trial.TrialState.WAITING}
-    failed = sorted({t.system_attrs.get("grid_id") for t in trials if t.state == optuna.trial.TrialState.FAIL}
-                    - done - queued - {None})
+    failed_trials = {}
+    for t in trials:
+        if t.state == optuna.trial.TrialState.FAIL and t.system_attrs.get("grid_id") is not None:
+            failed_trials.setdefault(t.system_attrs["grid_id"], t)
+    failed = sorted(set(failed_trials) - done - queued)
     for gid in failed:
-        study.enqueue_trial(dict(zip(names, points[gid])))
+        params = dict(failed_trials[gid].params)
+        if set(params) != set(names):  # killed before it suggested: the sampler's own grid
+            params = dict(zip(names, sampler_grid[gid]))
+        study.enqueue_trial(params)
         waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))[-1]
         search_space = {n: list(grid[n]) for n in names}
         study._storage.set_trial_system_attr(waiting._trial_id, "search_space", search_space)

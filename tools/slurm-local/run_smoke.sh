@@ -6,6 +6,9 @@
 #   bash tools/slurm-local/run_smoke.sh                 # both runs, then compare the tables
 #   SKIP_LOCAL=1 LOCAL_TREE=/path/to/local/tree bash tools/slurm-local/run_smoke.sh
 #                                                       # reuse a finished local smoke tree
+#   EXTRA_CONFIG=/path/overlay.yaml bash tools/slurm-local/run_smoke.sh
+#                                                       # both runs with one more --configfile
+#                                                       # overlay (e.g. fewer table rows: a rehearsal)
 # Environment: WORK (default /tmp/stripes-slurm-proof), STRIPES_POP909 / STRIPES_POP909_STRUCTURE
 # (default ../shared/data/...), CORES (default: all CPUs).
 set -euo pipefail
@@ -25,6 +28,8 @@ python -c "import snakemake_executor_plugin_slurm, psycopg2" 2>/dev/null || {
     log "installing the [slurm] extra (snakemake-executor-plugin-slurm, psycopg2-binary)"
     python -m pip install --quiet -e "$REPO[slurm]"; }
 mkdir -p "$WORK"
+EXTRA=()
+if [ -n "${EXTRA_CONFIG:-}" ]; then cp "$EXTRA_CONFIG" "$WORK/extra.yaml"; EXTRA=("$WORK/extra.yaml"); fi
 
 # fresh databases for this proof (a rerun must not find the previous run's studies/runs)
 PGURL=postgresql://stripes@127.0.0.1:5432
@@ -39,7 +44,7 @@ if [ -z "${SKIP_LOCAL:-}" ]; then
     rm -rf "$LOCAL_TREE"; bash "$HERE/fresh_copy.sh" "$LOCAL_TREE" >/dev/null
     log "local smoke study in $LOCAL_TREE (--cores $CORES)"
     t0=$(date +%s)
-    (cd "$LOCAL_TREE" && snakemake --cores "$CORES" --configfile config/smoke.yaml > "$WORK/local.log" 2>&1) \
+    (cd "$LOCAL_TREE" && snakemake --cores "$CORES" --configfile config/smoke.yaml "${EXTRA[@]}" > "$WORK/local.log" 2>&1) \
         || { log "local run failed: $WORK/local.log"; tail -30 "$WORK/local.log"; exit 1; }
     LOCAL_S=$(( $(date +%s) - t0 )); log "local run: ${LOCAL_S} s"
 fi
@@ -61,7 +66,7 @@ log "SLURM smoke study in $SLURM_TREE"
 t0=$(date +%s)
 (cd "$SLURM_TREE" && snakemake --executor slurm --workflow-profile profiles/slurm \
     --slurm-status-command squeue --slurm-init-seconds-before-status-checks 5 \
-    --configfile config/smoke.yaml scaleout.yaml > "$WORK/slurm.log" 2>&1) \
+    --configfile config/smoke.yaml "${EXTRA[@]}" scaleout.yaml > "$WORK/slurm.log" 2>&1) \
     || { log "SLURM run failed: $WORK/slurm.log"; tail -40 "$WORK/slurm.log"; exit 1; }
 SLURM_S=$(( $(date +%s) - t0 )); log "SLURM run: ${SLURM_S} s"
 

@@ -47,6 +47,7 @@ PAIRS = PLAN.pairs  # unique (pe, context): tuned once, shared by every table
 RUNS = PLAN.runs  # (pe, context, seed): trained and evaluated once
 EXPERIMENT = f"{RESULTS}/mlflow/experiment.json"
 RECORD_FAILURES = bool(config.get("study", {}).get("record_failures", True))
+FUSE_TRAIN_EVAL = bool(config.get("study", {}).get("fuse_train_eval", False))
 TUNE_SEED = int(config.get("tune", {}).get("seed", 0))
 
 

@@ -33,61 +33,98 @@ rule resolve_run_config:
         " --out {output:q} > {log:q} 2>&1"
 
 
-rule train:
-    input:
-        config=rules.resolve_run_config.output[0],
-        experiment=EXPERIMENT,
-        data=PREPARED_DATA,
-    output:
-        record=f"{RESULTS}/train/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
-    params:
-        train_dir=lambda wc, output: str(Path(output.record).parent),
-        record_failures="--record-failures" if RECORD_FAILURES else "",
-    log:
-        f"{RESULTS}/logs/train/{{pe}}/{{context}}/seed{{seed}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train/{{pe}}/{{context}}/seed{{seed}}.tsv"
-    threads: 1
-    resources:
-        gpu=1,
-    conda:
-        ENV
-    shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " python -m stripes.tracking train --config {input.config:q} --train-dir {params.train_dir:q}"
-        " --experiment {input.experiment:q} --record {output.record:q} {params.record_failures}"
-        " > {log:q} 2>&1"
+if not FUSE_TRAIN_EVAL:
+
+    rule train:
+        input:
+            config=rules.resolve_run_config.output[0],
+            experiment=EXPERIMENT,
+            data=PREPARED_DATA,
+        output:
+            record=f"{RESULTS}/train/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
+        params:
+            train_dir=lambda wc, output: str(Path(output.record).parent),
+            record_failures="--record-failures" if RECORD_FAILURES else "",
+        log:
+            f"{RESULTS}/logs/train/{{pe}}/{{context}}/seed{{seed}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/train/{{pe}}/{{context}}/seed{{seed}}.tsv"
+        threads: 1
+        resources:
+            gpu=1,
+        conda:
+            ENV
+        shell:
+            "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+            " python -m stripes.tracking train --config {input.config:q} --train-dir {params.train_dir:q}"
+            " --experiment {input.experiment:q} --record {output.record:q} {params.record_failures}"
+            " > {log:q} 2>&1"
 
 
-rule evaluate:
-    input:
-        config=rules.resolve_run_config.output[0],
-        train_record=rules.train.output.record,
-        experiment=EXPERIMENT,
-        data=PREPARED_DATA,
-    output:
-        metrics=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/metrics.json",
-        record=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
-    params:
-        train_dir=lambda wc, input: str(Path(input.train_record).parent),
-        eval_dir=lambda wc, output: str(Path(output.metrics).parent),
-        record_failures="--record-failures" if RECORD_FAILURES else "",
-        log_samples="--log-samples" if config["mlflow"].get("log_samples", True) else "",
-    log:
-        f"{RESULTS}/logs/evaluate/{{pe}}/{{context}}/seed{{seed}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{pe}}/{{context}}/seed{{seed}}.tsv"
-    threads: 1
-    resources:
-        gpu=1,
-    conda:
-        ENV
-    shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " python -m stripes.tracking evaluate --config {input.config:q} --train-dir {params.train_dir:q}"
-        " --eval-dir {params.eval_dir:q} --train-record {input.train_record:q}"
-        " --experiment {input.experiment:q} --record {output.record:q}"
-        " {params.record_failures} {params.log_samples} > {log:q} 2>&1"
+    rule evaluate:
+        input:
+            config=rules.resolve_run_config.output[0],
+            train_record=rules.train.output.record,
+            experiment=EXPERIMENT,
+            data=PREPARED_DATA,
+        output:
+            metrics=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/metrics.json",
+            record=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
+        params:
+            train_dir=lambda wc, input: str(Path(input.train_record).parent),
+            eval_dir=lambda wc, output: str(Path(output.metrics).parent),
+            record_failures="--record-failures" if RECORD_FAILURES else "",
+            log_samples="--log-samples" if config["mlflow"].get("log_samples", True) else "",
+        log:
+            f"{RESULTS}/logs/evaluate/{{pe}}/{{context}}/seed{{seed}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/evaluate/{{pe}}/{{context}}/seed{{seed}}.tsv"
+        threads: 1
+        resources:
+            gpu=1,
+        conda:
+            ENV
+        shell:
+            "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+            " python -m stripes.tracking evaluate --config {input.config:q} --train-dir {params.train_dir:q}"
+            " --eval-dir {params.eval_dir:q} --train-record {input.train_record:q}"
+            " --experiment {input.experiment:q} --record {output.record:q}"
+            " {params.record_failures} {params.log_samples} > {log:q} 2>&1"
+
+else:
+    rule train_evaluate:
+        # study.fuse_train_eval (the smoke overlay): train and evaluate in ONE process, logging to the
+        # same MLflow run; saves the ~4 s of imports (torch, mlflow) and tracking-store start of a
+        # separate evaluate job per run, which dominate a CPU smoke study of ~60 runs of a few steps.
+        input:
+            config=rules.resolve_run_config.output[0],
+            experiment=EXPERIMENT,
+            data=PREPARED_DATA,
+        output:
+            record=f"{RESULTS}/train/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
+            metrics=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/metrics.json",
+            eval_record=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
+        params:
+            train_dir=lambda wc, output: str(Path(output.record).parent),
+            eval_dir=lambda wc, output: str(Path(output.metrics).parent),
+            record_failures="--record-failures" if RECORD_FAILURES else "",
+            log_samples="--log-samples" if config["mlflow"].get("log_samples", True) else "",
+        log:
+            f"{RESULTS}/logs/train_evaluate/{{pe}}/{{context}}/seed{{seed}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/train_evaluate/{{pe}}/{{context}}/seed{{seed}}.tsv"
+        threads: 1
+        resources:
+            gpu=1,
+        conda:
+            ENV
+        shell:
+            "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+            " python -m stripes.tracking train-evaluate --config {input.config:q}"
+            " --train-dir {params.train_dir:q} --eval-dir {params.eval_dir:q}"
+            " --experiment {input.experiment:q} --record {output.record:q}"
+            " --eval-record {output.eval_record:q} {params.record_failures} {params.log_samples}"
+            " > {log:q} 2>&1"
 
 
 TARGETS += PLAN.run_paths(RESULTS, "eval", "metrics.json")

@@ -6,6 +6,8 @@ D_in = D/2. Kernel (eq. 23) has the RoPE Delta- terms plus Delta+ (absolute) ter
 
 from __future__ import annotations
 
+import torch
+
 from .rope import _RotaryPE
 
 
@@ -31,6 +33,12 @@ class RoPEPool(_RotaryPE):
     def d_in(self):
         return self.head_dim // 2
 
+    def prepare(self, pos):
+        # (cos + sin, cos - sin) once per forward: every layer and both q and k reuse them
+        theta = self.angles(pos)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        return cos + sin, cos - sin
+
     def transform_qk(self, q, k, code, layer):
-        cos, sin = (c.to(q.dtype) for c in code)
-        return pool_rotated_pairs(q, cos, sin), pool_rotated_pairs(k, cos, sin)
+        a, b = (c.to(q.dtype) for c in code)
+        return q[..., 0::2] * a + q[..., 1::2] * b, k[..., 0::2] * a + k[..., 1::2] * b
