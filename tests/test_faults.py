@@ -275,6 +275,8 @@ def test_eight_parallel_snakemake_jobs_log_to_the_embedded_db(tmp_path):
 MINI_TABLE = "mini"
 MINI_ROWS = [("nope", "time"), ("ape", "time")]
 FAULT_OVERLAY = {
+    # separate train and evaluate jobs, as in the full study (the smoke overlay fuses them)
+    "study": {"fuse_train_eval": False},
     # long enough to be killed mid-run: 6 epochs x 4 steps, a checkpoint every 2 steps
     "train": {"epochs": 6, "val_per_epoch": 2},
     # the tuning trials stay short (1 epoch); the grid is set per test

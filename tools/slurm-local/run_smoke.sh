@@ -38,10 +38,19 @@ for db in stripes_proof_mlflow stripes_proof_optuna; do
     runuser -u postgres -- createdb -O stripes "$db"
 done
 
+# one snapshot of the code for both runs (the working tree may change while they run)
+rm -rf "$WORK/snapshot"; bash "$HERE/fresh_copy.sh" "$WORK/snapshot" >/dev/null
+code_hash() { (cd "$1" && find src workflow Snakefile config profiles -type f \( -name '*.py' -o -name '*.smk' \
+    -o -name '*.yaml' -o -name Snakefile \) | sort | xargs cat | sha256sum | cut -c1-16); }
+SNAP_HASH=$(code_hash "$WORK/snapshot")
+log "code snapshot $SNAP_HASH (git $(git -C "$REPO" rev-parse --short HEAD))"
+
 # ---------------------------------------------------------------- local run (SQLite + journal)
 LOCAL_TREE=${LOCAL_TREE:-$WORK/local}
-if [ -z "${SKIP_LOCAL:-}" ]; then
-    rm -rf "$LOCAL_TREE"; bash "$HERE/fresh_copy.sh" "$LOCAL_TREE" >/dev/null
+if [ -n "${SKIP_LOCAL:-}" ]; then
+    [ "$(code_hash "$LOCAL_TREE")" = "$SNAP_HASH" ] || log "WARNING: $LOCAL_TREE ran other code than the snapshot"
+else
+    rm -rf "$LOCAL_TREE"; cp -a "$WORK/snapshot" "$LOCAL_TREE"
     log "local smoke study in $LOCAL_TREE (--cores $CORES)"
     t0=$(date +%s)
     (cd "$LOCAL_TREE" && snakemake --cores "$CORES" --configfile config/smoke.yaml "${EXTRA[@]}" > "$WORK/local.log" 2>&1) \
@@ -51,7 +60,7 @@ fi
 
 # ---------------------------------------------------------------- SLURM run (PostgreSQL)
 SLURM_TREE=$WORK/slurm
-rm -rf "$SLURM_TREE"; bash "$HERE/fresh_copy.sh" "$SLURM_TREE" >/dev/null
+rm -rf "$SLURM_TREE"; cp -a "$WORK/snapshot" "$SLURM_TREE"
 cat > "$SLURM_TREE/scaleout.yaml" <<YAML
 # written by tools/slurm-local/run_smoke.sh: the shared stores of a multi-machine study
 mlflow:
@@ -92,5 +101,7 @@ spec = json.loads(next((tree / "results/tune").glob("*/*/spec.json")).read_text(
 names = optuna.get_all_study_names(storage=spec["storage"]["url"])
 print(f"Optuna (PostgreSQL) studies: {len(names)}")
 PY
-python "$HERE/compare_tables.py" "$LOCAL_TREE/results/tables" "$SLURM_TREE/results/tables" | tee "$WORK/compare.txt"
+python "$HERE/compare_tables.py" "$LOCAL_TREE/results/tables" "$SLURM_TREE/results/tables" \
+    --metrics "$LOCAL_TREE/results/eval" "$SLURM_TREE/results/eval" | tee "$WORK/compare.txt"
 log "times: local ${LOCAL_S:-?} s, SLURM ${SLURM_S} s; logs in $WORK"
+grep -q " 0 difference(s)" "$WORK/compare.txt" && ! grep -q "[1-9][0-9]* difference(s)" "$WORK/compare.txt"

@@ -48,6 +48,9 @@ RUNS = PLAN.runs  # (pe, context, seed): trained and evaluated once
 EXPERIMENT = f"{RESULTS}/mlflow/experiment.json"
 RECORD_FAILURES = bool(config.get("study", {}).get("record_failures", True))
 FUSE_TRAIN_EVAL = bool(config.get("study", {}).get("fuse_train_eval", False))
+# `gpu` resource requested by each tune/train/evaluate job (capped by the profile): 1 on a GPU
+# machine; the CPU smoke overlay sets 0 so those jobs run in parallel on the cores.
+GPU = int(config.get("study", {}).get("gpus_per_job", 1))
 TUNE_SEED = int(config.get("tune", {}).get("seed", 0))
 
 

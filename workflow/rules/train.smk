@@ -51,7 +51,7 @@ if not FUSE_TRAIN_EVAL:
             f"{RESULTS}/benchmarks/train/{{pe}}/{{context}}/seed{{seed}}.tsv"
         threads: 1
         resources:
-            gpu=1,
+            gpu=GPU,
         conda:
             ENV
         shell:
@@ -81,7 +81,7 @@ if not FUSE_TRAIN_EVAL:
             f"{RESULTS}/benchmarks/evaluate/{{pe}}/{{context}}/seed{{seed}}.tsv"
         threads: 1
         resources:
-            gpu=1,
+            gpu=GPU,
         conda:
             ENV
         shell:
@@ -115,7 +115,7 @@ else:
             f"{RESULTS}/benchmarks/train_evaluate/{{pe}}/{{context}}/seed{{seed}}.tsv"
         threads: 1
         resources:
-            gpu=1,
+            gpu=GPU,
         conda:
             ENV
         shell:

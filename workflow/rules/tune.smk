@@ -70,7 +70,7 @@ rule tune:
         f"{RESULTS}/benchmarks/tune/{{pe}}/{{context}}.tsv"
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPU,
     conda:
         ENV
     shell:
