@@ -7,8 +7,10 @@ name a database (tools/slurm-local/setup.sh creates one): they need a server, CI
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -180,3 +182,55 @@ def test_postgresql_mlflow_tracking(tmp_path):
     run = tr.client.get_run(rid)
     assert run.info.status == "FINISHED" and run.data.metrics["val_loss"] == 0.5
     assert info["experiment_id"] == run.info.experiment_id
+
+
+# ------------------------------------------------------------------ the SLURM profile
+
+
+def _slurm_dry_run(env_extra: dict, *overlays: str) -> dict[str, set[str]]:
+    """rule -> the set of `resources:` lines of its jobs in `snakemake -n` with profiles/slurm."""
+    import re
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPES_SLURM_")}
+    env.update(env_extra)
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-n", "--nolock", "--workflow-profile", "profiles/slurm",
+           "--configfile", "config/smoke.yaml", *overlays]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    jobs: dict[str, set[str]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        r = re.search(r"\n\s+resources: (.*)", block)
+        if m and r:
+            jobs.setdefault(m.group(1), set()).add(r.group(1))
+    return jobs
+
+
+@pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
+                    reason="needs the [slurm] extra (snakemake-executor-plugin-slurm)")
+@pytest.mark.parametrize("fused", [False, True])
+def test_slurm_profile_gpu_request_is_switchable_for_every_gpu_rule(tmp_path, fused):
+    """Every rule that declares gpu=1 gets the profile's GPU partition and count; with
+    STRIPES_SLURM_GPUS=0 none asks for a GPU (a rule missing from the profile's set-resources would
+    still ask for one, and sbatch on a CPU-only cluster refuses the job)."""
+    overlay = tmp_path / "fuse.yaml"
+    overlay.write_text(yaml.safe_dump({"study": {"fuse_train_eval": fused}}))
+    gpu_rules = {"tune", "train_evaluate"} if fused else {"tune", "train", "evaluate"}
+    default = _slurm_dry_run({}, str(overlay))
+    assert gpu_rules <= set(default), sorted(default)
+    for rule, lines in default.items():
+        for line in lines:
+            if rule in gpu_rules:
+                assert "gpu=1" in line and "slurm_partition=gpu" in line, (rule, line)
+            else:
+                assert "gpu=" not in line and "slurm_partition=cpu" in line, (rule, line)
+            assert re.search(r"runtime=\d+", line), (rule, line)  # every job has a time limit
+    cpu_only = _slurm_dry_run({"STRIPES_SLURM_GPUS": "0", "STRIPES_SLURM_GPU_MEM_MB": "3000"}, str(overlay))
+    for rule, lines in cpu_only.items():
+        for line in lines:
+            assert "gpu=1" not in line and "slurm_partition=cpu" in line, (rule, line)
+            if rule in gpu_rules:
+                assert "mem_mb=3000" in line or "mem_mb=1500" in line, (rule, line)

@@ -22,7 +22,6 @@ Nothing here imports optuna, mlflow or sqlalchemy at module import time (the DAG
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -138,7 +137,3 @@ def export_study_journal(from_storage, from_name: str, to_path: str | Path, to_n
     optuna.copy_study(from_study_name=from_name, from_storage=from_storage,
                       to_storage=journal_storage(tmp), to_study_name=to_name)
     tmp.replace(to_path)
-
-
-def copy_journal(src: str | Path, dst: str | Path) -> None:
-    shutil.copyfile(src, dst)

@@ -101,6 +101,9 @@ spec = json.loads(next((tree / "results/tune").glob("*/*/spec.json")).read_text(
 names = optuna.get_all_study_names(storage=spec["storage"]["url"])
 print(f"Optuna (PostgreSQL) studies: {len(names)}")
 PY
+# the PostgreSQL variants of tests/test_storage.py (skipped in CI, which has no server)
+STRIPES_TEST_PG_MLFLOW=$PGURL/stripes_mlflow STRIPES_TEST_PG_OPTUNA=$PGURL/stripes_optuna \
+    python -m pytest -q -p no:cacheprovider "$REPO/tests/test_storage.py" -k postgresql 2>&1 | tail -1
 python "$HERE/compare_tables.py" "$LOCAL_TREE/results/tables" "$SLURM_TREE/results/tables" \
     --metrics "$LOCAL_TREE/results/eval" "$SLURM_TREE/results/eval" | tee "$WORK/compare.txt"
 log "times: local ${LOCAL_S:-?} s, SLURM ${SLURM_S} s; logs in $WORK"
