@@ -150,12 +150,15 @@ def test_smoke_study_end_to_end(tmp_path):
         env["STRIPES_POP909_STRUCTURE"] = str(structure)
     work = fresh_copy(tmp_path / "repo")
     t0 = time.time()
-    proc = snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", timeout=900, env=env)
+    proc = snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", env=env,
+                     timeout=int(float(os.environ.get("STRIPES_SMOKE_BUDGET_S", 600))) + 600)
     wall = time.time() - t0
     (tmp_path / "snakemake.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     print(f"smoke study wall time: {wall:.0f} s")
-    assert wall < 600, f"smoke study took {wall:.0f} s (budget 600 s on 2 cores)"
+    # budget: 10 minutes on 2 dedicated cores (CI); STRIPES_SMOKE_BUDGET_S relaxes it on a shared box
+    budget = float(os.environ.get("STRIPES_SMOKE_BUDGET_S", 600))
+    assert wall < budget, f"smoke study took {wall:.0f} s (budget {budget:.0f} s on 2 cores)"
 
     from stripes.config import load_config, plan_study
 

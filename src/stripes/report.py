@@ -393,7 +393,7 @@ def figure4(rows: list[TableRow], mi: dict[str, float], setting: str, path: Path
         ax.set_xscale("log")
         if ctxs:
             ax.set_xticks([mi[k] for k in ctxs])
-            ax.set_xticklabels([k.upper() for k in ctxs], rotation=0, fontsize=8)
+            ax.set_xticklabels([k.upper() for k in ctxs], rotation=45, ha="right", fontsize=8)
             ax.minorticks_off()
         ax.set_title(f"{m.upper()} {'↑' if METRICS[m] == 'max' else '↓'}")
         ax.set_xlabel("MI(content; context) [nats], log scale")
