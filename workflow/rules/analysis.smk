@@ -4,7 +4,11 @@
 
 rule toy_kernels:
     output:
-        png="results/figures/toy_kernels.png",
+        png=report(
+            "results/figures/toy_kernels.png",
+            caption="../report/toy_kernels.rst",
+            category="Figures",
+        ),
         csv="results/figures/toy_kernels.csv",
     params:
         n_freqs=33,  # f in linspace(0, 1, 33) (A22)
@@ -13,8 +17,10 @@ rule toy_kernels:
         "results/logs/toy_kernels.log",
     benchmark:
         "results/benchmarks/toy_kernels.tsv"
+    conda:
+        ENV
     shell:
-        "{PY} -m stripes.cli toy --out-png {output.png:q} --out-csv {output.csv:q}"
+        "python -m stripes.cli toy --out-png {output.png:q} --out-csv {output.csv:q}"
         " --n-freqs {params.n_freqs} --seed {params.seed} > {log:q} 2>&1"
 
 

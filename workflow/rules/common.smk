@@ -35,7 +35,7 @@ except ConfigError as exc:
     raise WorkflowError(str(exc))
 
 PE_REGISTRY = load_pe_registry(config, REPO)
-PY = "python"  # resolved on PATH: the project's interpreter (or the conda env's with --use-conda)
+
 RESULTS = "results"
 
 

@@ -24,8 +24,10 @@ rule fetch:
     benchmark:
         f"{RESULTS}/benchmarks/data/fetch.tsv"
     threads: 4
+    conda:
+        ENV
     shell:
-        "{PY} -m stripes.cli fetch --settings {params.settings:q} --jobs {threads}"
+        "python -m stripes.cli fetch --settings {params.settings:q} --jobs {threads}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -46,10 +48,12 @@ rule prepare:
     benchmark:
         f"{RESULTS}/benchmarks/data/prepare.tsv"
     threads: workflow.cores
+    conda:
+        ENV
     shell:
         # prepare re-checks the sources too (a stat pass against fetch's verification record,
         # ~0.1 s): its per-song cache is keyed on the manifest checksums, valid only if they hold
-        "{PY} -m stripes.cli prepare --settings {params.settings:q} --jobs {threads}"
+        "python -m stripes.cli prepare --settings {params.settings:q} --jobs {threads}"
         " > {log:q} 2>&1"
 
 
@@ -62,13 +66,15 @@ rule mutual_information:
         md=f"{RESULTS}/tables/mutual_information.md",
     params:
         settings=MI_SETTINGS,
-        data_dir=DATA_DIR,
+        data_dir=lambda wc, input: str(Path(input.report).parent),
     log:
         f"{RESULTS}/logs/data/mutual_information.log",
     benchmark:
         f"{RESULTS}/benchmarks/data/mutual_information.tsv"
+    conda:
+        ENV
     shell:
-        "{PY} -m stripes.cli mi --data-dir {params.data_dir:q} --settings {params.settings:q}"
+        "python -m stripes.cli mi --data-dir {params.data_dir:q} --settings {params.settings:q}"
         " --out {output.csv:q} > {log:q} 2>&1"
 
 
