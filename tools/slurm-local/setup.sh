@@ -43,7 +43,7 @@ if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null
 fi
-log "slurm $(sinfo --version 2>/dev/null || echo '?'), $(psql --version)"
+log "slurm-wlm $(dpkg-query -W -f='${Version}' slurm-wlm), $(psql --version)"
 
 # ---------------------------------------------------------------- munge
 mkdir -p /run/munge /var/log/munge /var/lib/munge
