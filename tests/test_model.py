@@ -175,3 +175,62 @@ def test_cuda_matches_cpu_and_autocast(name, context):
     model.float()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert torch.isfinite(model(x.float().cuda(), pos.float().cuda())).all()
+
+
+# ------------------------------------------------------------------ the fast CPU dropout (bit mask)
+def test_bit_dropout_rate_scale_and_gradient():
+    from stripes.model import bit_dropout
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 257, 33, requires_grad=True)  # odd sizes: the last int64 word is partly used
+    y = bit_dropout(x, 0.1)
+    k = round(0.1 * 65536)
+    scale = 65536 / (65536 - k)
+    kept = y != 0
+    # kept elements are x * scale exactly, dropped ones exactly 0
+    torch.testing.assert_close(y[kept], x[kept] * scale, rtol=0, atol=0)
+    n = x.numel()
+    rate = 1 - kept.float().mean().item()
+    sigma = (k / 65536 * (1 - k / 65536) / n) ** 0.5
+    assert abs(rate - k / 65536) < 5 * sigma, rate
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() * scale, rtol=0, atol=0)
+
+
+def test_bit_dropout_lanes_are_independent():
+    from stripes.model import bit_dropout
+
+    torch.manual_seed(1)
+    keep = (bit_dropout(torch.ones(2**20), 0.5) != 0).float()
+    # each int64 word feeds 4 consecutive elements: no lane may be biased or tied to its neighbour
+    lanes = keep.view(-1, 4).mean(0)
+    assert torch.all((lanes - 0.5).abs() < 5 * (0.25 / 2**18) ** 0.5), lanes
+    corr = torch.corrcoef(torch.stack([keep[:-1], keep[1:]]))[0, 1]
+    assert corr.abs() < 0.01
+
+
+def test_dropout_module_modes_and_seeding():
+    from stripes.model import Dropout
+
+    d = Dropout(0.3)
+    x = torch.randn(1000)
+    d.eval()
+    assert d(x) is x
+    d.train()
+    torch.manual_seed(5)
+    a = d(x)
+    torch.manual_seed(5)
+    assert torch.equal(d(x), a)
+    assert not torch.equal(d(x), a)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.count_nonzero(Dropout(1.0).train()(x)) == 0
+    assert 0.2 < (a == 0).float().mean() < 0.4
+
+
+@pytest.mark.gpu
+def test_dropout_on_cuda_uses_the_fused_kernel():
+    from stripes.model import Dropout
+
+    d = Dropout(0.25).train()
+    y = d(torch.ones(100_000, device="cuda"))
+    assert y.device.type == "cuda" and abs((y == 0).float().mean().item() - 0.25) < 0.01

@@ -32,6 +32,37 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with a faster CPU mask: 16 random bits per element instead of ``bernoulli_``.
+
+    On CPU, ``F.dropout`` spends about as long drawing its Bernoulli mask as the layer's matmul
+    takes (26 ms vs 3 ms to apply it, (8,1024,512) fp32 on 2 cores; ``benchmarks/bench_train.py``),
+    so the mask is cut from one full-range 64-bit ``random_`` draw per 4 elements: element i is
+    kept when its int16 lane is >= k - 32768, k = round(p * 65536). The drop rate is therefore
+    k / 65536 (0.1 -> 0.100006) and the scale 1 / (1 - k / 65536). The mask is kept as bool (one
+    byte per element) for backward. Other devices use ``F.dropout`` (a fused kernel there). Both
+    draw from torch's global RNG, so ``torch.manual_seed`` and a restored RNG state reproduce it.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu" or self.p >= 1:
+            return F.dropout(x, self.p, True)
+        return bit_dropout(x, self.p)
+
+
+def bit_dropout(x: Tensor, p: float) -> Tensor:
+    """Training-mode dropout of CPU tensor x with drop rate round(p * 65536) / 65536 (see Dropout)."""
+    k = round(p * 65536)
+    if k == 0:
+        return x
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+    keep = (words.view(torch.int16)[:n] >= k - 32768).view(x.shape)
+    return x.mul(keep).mul_(65536 / (65536 - k))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, pe: PositionalEncoding, layer: int, cfg: dict):
         super().__init__()
@@ -72,7 +103,7 @@ class EncoderLayer(nn.Module):
         self.attn = CausalSelfAttention(d_model, n_heads, pe, layer, cfg)
         self.ff1, self.ff2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x, pe, code):
         x = self.norm1(x + self.drop(self.attn(x, pe, code)))
@@ -146,4 +177,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["DEFAULTS", "Harmonizer", "build_model", "count_parameters", "resolve_model_cfg"]
+__all__ = ["DEFAULTS", "Dropout", "Harmonizer", "bit_dropout", "build_model", "count_parameters", "resolve_model_cfg"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .rope import _RotaryPE
+from .rope import _RotaryPE, as_complex_pairs
 
 
 def pool_rotated_pairs(x, cos, sin):
@@ -33,12 +33,12 @@ class RoPEPool(_RotaryPE):
     def d_in(self):
         return self.head_dim // 2
 
-    def prepare(self, pos):
-        # (cos + sin, cos - sin) once per forward: every layer and both q and k reuse them
-        theta = self.angles(pos)
-        cos, sin = torch.cos(theta), torch.sin(theta)
-        return cos + sin, cos - sin
-
     def transform_qk(self, q, k, code, layer):
-        a, b = (c.to(q.dtype) for c in code)
-        return q[..., 0::2] * a + q[..., 1::2] * b, k[..., 0::2] * a + k[..., 1::2] * b
+        # Re + Im of (q_{2d-1} + i q_{2d}) exp(i theta) = pool_rotated_pairs(q, cos, sin), as one
+        # complex multiply and a pair sum (tests compare it with the reference above)
+        return _pool(q, code), _pool(k, code)
+
+
+def _pool(x, rot):
+    z = as_complex_pairs(x)
+    return torch.view_as_real(z * rot.to(z.dtype)).sum(-1).to(x.dtype)
