@@ -233,3 +233,22 @@ def test_complex_rotation_matches_reference_values_and_gradients(dtype):
         (fast * gp).sum().backward()
         torch.testing.assert_close(x_fast.grad, x_ref.grad)
         torch.testing.assert_close(th_fast.grad, th_ref.grad)
+
+
+def test_spe_phase_folded_into_noise_equals_phased_query_features():
+    pe = _make(SineSPE, L=2, realizations=3, num_sines=4, gated=False)
+    pos = _pos(L=2)
+    code = pe.prepare(pos)
+    qbar, kbar = pe.realisations(code)
+    f = torch.sigmoid(pe.freq_logit) / 2
+    ang = 2 * math.pi * torch.einsum("btl,hdkl->bhtdk", pos, f)
+    angq = ang + pe.phase[:, None]
+    oq = torch.stack([torch.cos(angq), torch.sin(angq)], -1).flatten(-2)  # (B,H,T,D,2K), phase on q
+    ok = torch.stack([torch.cos(ang), torch.sin(ang)], -1).flatten(-2)
+    zk = code[2]
+    torch.testing.assert_close(qbar, torch.einsum("bhtdj,hdjr->bhtdr", oq, zk))
+    torch.testing.assert_close(kbar, torch.einsum("bhtdj,hdjr->bhtdr", ok, zk))
+    q, k = _qk()
+    qh, kh = pe.transform_qk(q, k, code, 0)
+    torch.testing.assert_close(qh, torch.einsum("bhtd,bhtdr->bhtr", q, qbar))
+    torch.testing.assert_close(kh, torch.einsum("bhtd,bhtdr->bhtr", k, kbar))

@@ -71,37 +71,52 @@ class SineSPE(_GatedSPE):
         self.phase = nn.Parameter(torch.randn(h, d, k))
         self.gain_logit = nn.Parameter(_gain_init((h, d, k)))
 
-    def features(self, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """Omega^Q, Omega^K (B,H,T,D,2K), laid out [cos_1, sin_1, cos_2, ...]."""
+    def features(self, pos: Tensor) -> Tensor:
+        """Omega^K (H,B,T,D,2K) = [cos_1, sin_1, cos_2, ...] of 2 pi f.p: keys, no phase.
+
+        Head-major, so that the per-head contraction in ``transform_qk`` is one bmm on a view.
+        """
         f = torch.sigmoid(self.freq_logit) / 2
         with full_precision(pos):
-            ang = 2 * math.pi * torch.einsum("btl,hdkl->bhtdk", pos.to(f.dtype), f)
-        angq = ang + self.phase[:, None]
-        oq = torch.stack([torch.cos(angq), torch.sin(angq)], -1).flatten(-2)
-        ok = torch.stack([torch.cos(ang), torch.sin(ang)], -1).flatten(-2)
-        return oq, ok
+            ang = 2 * math.pi * torch.einsum("btl,hdkl->hbtdk", pos.to(f.dtype), f)
+        return torch.stack([torch.cos(ang), torch.sin(ang)], -1).flatten(-2)
 
     def prepare(self, pos):
+        """(Omega^K (H,B,T,D,2K), Z^Q, Z^K (H,D,2K,R), U (H,D,R)), scaled as in the module docstring.
+
+        The query phase theta only rotates each (cos, sin) pair: with c, s = cos theta, sin theta,
+        [cos(a+theta), sin(a+theta)] = [c cos a - s sin a, s cos a + c sin a]. So it is moved onto
+        the small noise matrix, Omega^Q Z = Omega^K Z^Q with (z^Q_cos, z^Q_sin) = (c z_cos + s z_sin,
+        c z_sin - s z_cos) per pair: queries and keys share one feature tensor, and no gradient
+        flows through a (B,H,T,D,K) phase tensor.
+        """
         h, d, k, r = self.n_heads, self.head_dim, self.num_sines, self.realizations
-        oq, ok = self.features(pos)
+        ok = self.features(pos)
         lam = F.softplus(self.gain_logit).repeat_interleave(2, dim=-1)  # (H,D,2K)
-        z, u = self._draw((h, d, 2 * k, r), (h, d, r), like=oq)
+        z, u = self._draw((h, d, 2 * k, r), (h, d, r), like=ok)
         scale = (r * d) ** -0.25
-        zs = z * (lam / math.sqrt(2 * k) * scale).unsqueeze(-1)
-        u = u * scale
-        return oq, ok, zs, u
+        zk = z * (lam / math.sqrt(2 * k) * scale).unsqueeze(-1)
+        c, s = torch.cos(self.phase).unsqueeze(-1), torch.sin(self.phase).unsqueeze(-1)  # (H,D,K,1)
+        z_cos, z_sin = zk[..., 0::2, :], zk[..., 1::2, :]
+        zq = torch.stack([c * z_cos + s * z_sin, c * z_sin - s * z_cos], -2).flatten(-3, -2)
+        return ok, zq, zk, u * scale
 
     def realisations(self, code) -> tuple[Tensor, Tensor]:
         """Qbar, Kbar (B,H,T,D,R) before gating: for tests and analysis (memory heavy)."""
-        oq, ok, zs, _ = code
-        return torch.einsum("bhtdj,hdjr->bhtdr", oq, zs), torch.einsum("bhtdj,hdjr->bhtdr", ok, zs)
+        ok, zq, zk, _ = code
+        return torch.einsum("hbtdj,hdjr->bhtdr", ok, zq), torch.einsum("hbtdj,hdjr->bhtdr", ok, zk)
 
     def transform_qk(self, q, k, code, layer):
-        oq, ok, zs, u = (c.to(q.dtype) for c in code)
+        ok, zq, zk, u = (c.to(q.dtype) for c in code)
         q, k, uq, uk = self._gate_terms(q, k, u, layer)
-        qh = torch.einsum("bhtdj,hdjr->bhtr", q.unsqueeze(-1) * oq, zs)
-        kh = torch.einsum("bhtdj,hdjr->bhtr", k.unsqueeze(-1) * ok, zs)
-        return qh + uq, kh + uk
+        return _mix(q, ok, zq) + uq, _mix(k, ok, zk) + uk
+
+
+def _mix(x: Tensor, feats: Tensor, z: Tensor) -> Tensor:
+    """sum_{d,j} x_d feats_dj z_djr: x (B,H,T,D), feats (H,B,T,D,J), z (H,D,J,R) -> (B,H,T,R)."""
+    h, b, t, d, j = feats.shape
+    prod = (x.transpose(0, 1).unsqueeze(-1) * feats).view(h, b * t, d * j)
+    return torch.bmm(prod, z.reshape(h, d * j, -1)).view(h, b, t, -1).transpose(0, 1)
 
 
 class ConvSPE(_GatedSPE):
