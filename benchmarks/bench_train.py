@@ -18,6 +18,11 @@ per PE:
 * ``% peak``: achieved GFLOP/s divided by the machine's fp32 matmul peak, measured with a large
   ``torch.matmul`` (n = 4096 on CPU, 8192 on CUDA) on the same threads and device, once in the
   parent and once inside each PE's process just before its timed steps (the higher is used);
+  ``% paired`` (the headline) divides each timed step's GFLOP/s by a short fp32 peak probe
+  (``--probe-n``, 2048) run right after that step and takes the median, so that a step and the
+  peak it is compared with see the same neighbours on a shared machine; ``% best`` is the fastest
+  step against the highest peak seen in its process (a conservative best case). With ``--bf16`` the bf16 matmul peak is measured too and ``% bf16 pk`` compares
+  the autocast step with it (a bf16 step against the fp32 peak would flatter it);
 * ``peak MB``: process max RSS (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA);
 * ``eval s/win``: one eval-mode forward pass per window (what validation and evaluation cost).
 
@@ -83,13 +88,13 @@ def _model(pe: str, context: str, args):
     return build_model(pe=pe, context_dim=ctx.dim, regular_grid=ctx.regular_grid, model_cfg=cfg)
 
 
-def matmul_peak(device, n: int | None = None, reps: int = 5) -> float:
-    """fp32 GFLOP/s of a large square torch.matmul (best of ``reps``)."""
+def matmul_peak(device, n: int | None = None, reps: int = 5, dtype=None) -> float:
+    """GFLOP/s of a large square torch.matmul (best of ``reps``), fp32 unless ``dtype``."""
     import torch
 
     n = n or (8192 if device.type == "cuda" else 4096)
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     best = math.inf
     for _ in range(reps + 1):
         if device.type == "cuda":
@@ -143,17 +148,22 @@ def worker(args) -> dict:
     _sync(dev)
     # the matmul peak again, in this process right before the timed steps (same threads, same load)
     local_peak = matmul_peak(dev, reps=3)
+    local_bf16_peak = matmul_peak(dev, reps=3, dtype=torch.bfloat16) if args.bf16 else None
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, probes = [], []
     for _ in range(args.steps):
         t0 = time.perf_counter()
         step()
         _sync(dev)
         times.append(time.perf_counter() - t0)
+        # a short fp32 peak probe right after each step: the step and its own peak see the same
+        # neighbours on a shared machine, so their ratio is steadier than either number alone
+        probes.append(matmul_peak(dev, n=args.probe_n, reps=1))
     with FlopCounterMode(display=False) as fc:
         step()
     flops = fc.get_total_flops()
+    paired = [flops / 1e9 / t / p for t, p in zip(times, probes)]
     # eval-mode forward per window (validation / evaluation cost)
     model.eval()
     with torch.no_grad():
@@ -181,6 +191,11 @@ def worker(args) -> dict:
         "peak_mb": peak_mb,
         "eval_s_per_window": eval_s_per_win,
         "local_peak_gflops": local_peak,
+        "probe_gflops": probes,
+        "pct_peak_paired": 100 * statistics.median(paired),
+        # conservative: the fastest step against the highest peak seen in this process
+        "pct_peak_paired_best": 100 * flops / 1e9 / min(times) / max(probes + [local_peak]),
+        "local_bf16_peak_gflops": local_bf16_peak,
         "threads": torch.get_num_threads(),
         "bf16": args.bf16,
     }
@@ -262,6 +277,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per PE")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per PE")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--probe-n", type=int, default=2048, help="size of the per-step fp32 peak probe matmul")
     p.add_argument("--bf16", action="store_true", help="time the steps under bf16 autocast")
     p.add_argument("--bf16-check", action="store_true", help="compare a short fp32 and bf16 loss curve")
     p.add_argument("--bf16-pe", default="rope_c")
@@ -288,17 +304,22 @@ def main(argv=None) -> int:
     info = machine_info(dev.type)
     peak = matmul_peak(dev)
     info["fp32_matmul_peak_gflops"] = peak
+    bf16_peak = matmul_peak(dev, dtype=torch.bfloat16) if args.bf16 else None
+    if bf16_peak:
+        info["bf16_matmul_peak_gflops"] = bf16_peak
     print("machine: " + json.dumps(info))
     print(f"shape: batch {args.batch} x T {args.T}, d_model {args.d_model}, {args.layers} layers, "
           f"{args.heads} heads, m_f {args.features}, chunk {args.chunk}, device {dev}, bf16 {args.bf16}")
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (best of 5, n = {8192 if dev.type == 'cuda' else 4096})")
+    if bf16_peak:
+        print(f"bf16 matmul peak: {bf16_peak:.1f} GFLOP/s (the --bf16 steps are also compared with it)")
     print("note: a shared machine makes these numbers noisy; rerun for stable figures.\n")
 
     rows = []
     for pe in [s for s in args.pes.split(",") if s]:
         cmd = [sys.executable, __file__, "--worker", pe, "--device", args.device]
         for k in ("context", "batch", "T", "d_model", "layers", "heads", "d_ff", "features", "chunk", "steps",
-                  "warmup", "threads"):
+                  "warmup", "threads", "probe_n"):
             v = getattr(args, k)
             if v is not None:
                 cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -313,17 +334,29 @@ def main(argv=None) -> int:
         # the ratio uses the higher of the two peak measurements (a busy machine lowers both)
         row["peak_used_gflops"] = max(peak, row["local_peak_gflops"])
         row["pct_peak"] = 100 * row["gflops"] / row["peak_used_gflops"]
+        if args.bf16:
+            row["bf16_peak_used_gflops"] = max(bf16_peak, row["local_bf16_peak_gflops"])
+            row["pct_bf16_peak"] = 100 * row["gflops"] / row["bf16_peak_used_gflops"]
         rows.append(row)
 
-    hdr = f"{'pe':<10} {'context':<7} {'params M':>8} {'s/step':>7} {'frames/s':>9} {'GFLOP/step':>10} " \
-          f"{'GFLOP/s':>8} {'peak GF/s':>9} {'% peak':>7} {'peak MB':>8} {'eval s/win':>10}"
+    hdr = f"{'pe':<10} {'context':<7} {'params M':>8} {'s/step':>7} {'best s':>7} {'frames/s':>9} {'GFLOP/step':>10} " \
+          f"{'GFLOP/s':>8} {'peak GF/s':>9} {'% peak':>7} {'% paired':>8} {'% best':>7} {'peak MB':>8} {'eval s/win':>10}"
+    if args.bf16:
+        hdr += f" {'% bf16 pk':>9}"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        print(f"{r['pe']:<10} {r['context']:<7} {r['params_M']:>8.2f} {r['s_per_step']:>7.3f} {r['frames_per_s']:>9.0f} "
-              f"{r['gflop_per_step']:>10.1f} {r['gflops']:>8.1f} {r['peak_used_gflops']:>9.1f} {r['pct_peak']:>6.1f}% "
-              f"{r['peak_mb']:>8.0f} "
-              f"{r['eval_s_per_window']:>10.3f}")
+        line = (f"{r['pe']:<10} {r['context']:<7} {r['params_M']:>8.2f} {r['s_per_step']:>7.3f} {r['s_min']:>7.3f} "
+                f"{r['frames_per_s']:>9.0f} {r['gflop_per_step']:>10.1f} {r['gflops']:>8.1f} {r['peak_used_gflops']:>9.1f} "
+                f"{r['pct_peak']:>6.1f}% {r['pct_peak_paired']:>7.1f}% {r['pct_peak_paired_best']:>6.1f}% {r['peak_mb']:>8.0f} "
+                f"{r['eval_s_per_window']:>10.3f}")
+        if args.bf16:
+            line += f" {r['pct_bf16_peak']:>8.1f}%"
+        print(line)
+    print("\n% peak: GFLOP/step / median s/step / fp32 matmul peak (higher of the parent's and the worker's);"
+          "\n% paired: median over steps of (step GFLOP/s / the fp32 peak probed right after that step);"
+          " % best: the fastest step / the highest peak seen in its process"
+          + ("; % bf16 pk: against the bf16 matmul peak" if args.bf16 else ""))
 
     out = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "worker"}, "rows": rows}
 
