@@ -26,7 +26,8 @@ per PE:
 * ``peak MB``: process max RSS (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA);
 * ``eval s/win``: one eval-mode forward pass per window (what validation and evaluation cost).
 
-``--bf16-check`` trains ``--bf16-steps`` steps of one PE from the same initial weights and the
+``--bf16-speedup`` also times fp32 and bf16-autocast steps interleaved in each PE's process and
+prints the speed-up. ``--bf16-check`` trains ``--bf16-steps`` steps of one PE from the same initial weights and the
 same batches in fp32 and under bf16 autocast and prints the max relative deviation of the loss
 curves. ``--train-windows N`` (or ``--data-report results/data/report.json``) adds the projected
 wall time of one full paper run (15 epochs of N 16-bar windows, 20 validations per epoch over
@@ -133,8 +134,8 @@ def worker(args) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x, y, pos = (t.to(dev) for t in _synthetic_batch(args.batch, args.T, context, 0))
 
-    def step():
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+    def step(bf16=args.bf16):
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x, pos)
         loss = F.binary_cross_entropy_with_logits(logits.float(), y)
         opt.zero_grad(set_to_none=True)
@@ -160,6 +161,17 @@ def worker(args) -> dict:
         # a short fp32 peak probe right after each step: the step and its own peak see the same
         # neighbours on a shared machine, so their ratio is steadier than either number alone
         probes.append(matmul_peak(dev, n=args.probe_n, reps=1))
+    speedup = None
+    if args.bf16_speedup:
+        # fp32 and bf16-autocast steps interleaved, so that both see the same machine
+        pair = {False: [], True: []}
+        for _ in range(args.steps):
+            for bf in (False, True):
+                t0 = time.perf_counter()
+                step(bf)
+                _sync(dev)
+                pair[bf].append(time.perf_counter() - t0)
+        speedup = statistics.median(pair[False]) / statistics.median(pair[True])
     with FlopCounterMode(display=False) as fc:
         step()
     flops = fc.get_total_flops()
@@ -192,6 +204,7 @@ def worker(args) -> dict:
         "eval_s_per_window": eval_s_per_win,
         "local_peak_gflops": local_peak,
         "probe_gflops": probes,
+        "bf16_speedup": speedup,
         "pct_peak_paired": 100 * statistics.median(paired),
         # conservative: the fastest step against the highest peak seen in this process
         "pct_peak_paired_best": 100 * flops / 1e9 / min(times) / max(probes + [local_peak]),
@@ -280,6 +293,8 @@ def main(argv=None) -> int:
     p.add_argument("--probe-n", type=int, default=2048, help="size of the per-step fp32 peak probe matmul")
     p.add_argument("--bf16", action="store_true", help="time the steps under bf16 autocast")
     p.add_argument("--bf16-check", action="store_true", help="compare a short fp32 and bf16 loss curve")
+    p.add_argument("--bf16-speedup", action="store_true",
+                   help="also time fp32 and bf16-autocast steps interleaved and print the speed-up")
     p.add_argument("--bf16-pe", default="rope_c")
     p.add_argument("--bf16-steps", type=int, default=10)
     p.add_argument("--bf16-T", type=int, default=256)
@@ -325,6 +340,8 @@ def main(argv=None) -> int:
                 cmd += [f"--{k.replace('_', '-')}", str(v)]
         if args.bf16:
             cmd.append("--bf16")
+        if args.bf16_speedup:
+            cmd.append("--bf16-speedup")
         res = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith("ROW ")), None)
         if res.returncode or line is None:
@@ -357,6 +374,10 @@ def main(argv=None) -> int:
           "\n% paired: median over steps of (step GFLOP/s / the fp32 peak probed right after that step);"
           " % best: the fastest step / the highest peak seen in its process"
           + ("; % bf16 pk: against the bf16 matmul peak" if args.bf16 else ""))
+
+    if args.bf16_speedup:
+        print("\nbf16 autocast speed-up (median fp32 step / median bf16 step, interleaved): "
+              + ", ".join(f"{r['pe']} {r['bf16_speedup']:.2f}x" for r in rows))
 
     out = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "worker"}, "rows": rows}
 
