@@ -480,6 +480,12 @@ def test_training_job_killed_mid_run_resumes_from_its_checkpoint(prepared, nan_s
     tr = Tracker.from_experiment_file(got / "mlflow/experiment.json")
     steps = [m.step for m in tr.client.get_metric_history(rec["run_id"], "val_loss")]
     assert steps and min(steps) > step_at_kill, (steps, step_at_kill)
+    # the killed attempt's run does not stay RUNNING in the UI: KILLED, pointing at its successor
+    runs = tr.client.search_runs([tr.experiment_id], "tags.stage = 'train'", max_results=100)
+    assert "RUNNING" not in [r.info.status for r in runs], [(r.info.run_name, r.info.status) for r in runs]
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert killed and all(r.data.tags["stripes.superseded_by"] == rec["run_id"] for r in killed), \
+        [(r.info.run_name, r.info.status, r.data.tags.get("stripes.superseded_by")) for r in runs]
 
 
 @pytest.mark.slow
@@ -515,6 +521,15 @@ def test_tune_job_killed_mid_study_keeps_finished_trials(prepared, tmp_path):
         states = [r["state"] for r in csv.DictReader(fh)]
     # the killed trial is FAIL (kept in the record), the grid is complete
     assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1, states
+    # and no MLflow run of the killed attempt stays RUNNING
+    from stripes.tracking import Tracker
+
+    tr = Tracker.from_experiment_file(work / "results/mlflow/experiment.json")
+    runs = tr.client.search_runs([tr.experiment_id], max_results=100)
+    assert "RUNNING" not in [r.info.status for r in runs], [r.info.status for r in runs]
+    superseded = [r for r in runs if "stripes.superseded_by" in r.data.tags]
+    assert superseded and all(r.info.status == "KILLED" for r in superseded), \
+        [(r.info.run_name, r.info.status) for r in runs]
 
 
 # ====================================================================== tune: a SIGKILLed grid trial (fast)

@@ -33,6 +33,28 @@ def test_init_is_idempotent_and_writes_experiment_file(tmp_path):
     assert (tmp_path / "m.db").exists()
 
 
+def test_stale_running_runs_of_a_killed_job_are_closed(experiment):
+    tr = tracking.Tracker.from_experiment_file(experiment)
+    cfg = {"run": {"pe": "rope_c", "context": "bin", "seed": 3}, "train": {"lr": 1e-3}}
+    tags = tr.run_tags(cfg, "train")
+    killed = tr.start_run("rope_c/bin/seed3", tags=tags)  # its job died: never ended
+    other_seed = tr.start_run("rope_c/bin/seed4", tags=tr.run_tags({**cfg, "run": {**cfg["run"], "seed": 4}}, "train"))
+    other_cfg = tr.start_run("rope_c/bin/seed3", tags=tr.run_tags({**cfg, "train": {"lr": 5e-4}}, "train"))
+    done = tr.start_run("rope_c/bin/seed3", tags=tags)
+    tr.end_run(done)
+    new = tr.start_run("rope_c/bin/seed3", tags=tags)
+    keys = ("pe", "context", "seed", "stage", "config_hash")
+    assert tr.close_stale_runs({k: tags[k] for k in keys}, new) == [killed]
+    status = {r: tr.client.get_run(r).info.status for r in (killed, other_seed, other_cfg, done, new)}
+    assert status == {killed: "KILLED", other_seed: "RUNNING", other_cfg: "RUNNING", done: "FINISHED", new: "RUNNING"}
+    assert tr.client.get_run(killed).data.tags["stripes.superseded_by"] == new
+    # trials of a tune study: children of the reopened parent
+    parent = tr.start_run("tune", tags=tr.run_tags(cfg, "tune"))
+    trial = tr.start_run("trial0", tags=tr.run_tags(cfg, "tune"), parent_run_id=parent)
+    assert tr.close_stale_runs({"mlflow.parentRunId": parent}, parent) == [trial]
+    assert tr.client.get_run(parent).info.status == "RUNNING"
+
+
 def test_run_tags_params_metrics_and_nesting(experiment, tmp_path):
     tr = tracking.Tracker.from_experiment_file(experiment)
     cfg = {"run": {"pe": "rope_c", "context": "bin", "seed": 3}, "train": {"lr": 1e-3, "sizes": [1, 2]}}

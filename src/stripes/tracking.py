@@ -138,6 +138,27 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, tags=t, run_name=name)
         return run.info.run_id
 
+    def close_stale_runs(self, tags: dict[str, str], superseded_by: str | None = None) -> list[str]:
+        """Mark RUNNING runs whose tags all match ``tags`` as KILLED; returns their ids.
+
+        A job killed by a signal (or a lost SLURM node) never ends its MLflow run, so without
+        this the UI would show it RUNNING forever beside the run that redid its work.
+        """
+        def quote(v: str) -> str:
+            return "'" + str(v).replace("'", "\\'") + "'"
+
+        clauses = ["attributes.status = 'RUNNING'"] + [f"tags.`{k}` = {quote(v)}" for k, v in tags.items()]
+        stale = self.client.search_runs([self.experiment_id], filter_string=" and ".join(clauses), max_results=1000)
+        closed = []
+        for r in stale:
+            if r.info.run_id == superseded_by:
+                continue
+            if superseded_by:
+                self.client.set_tag(r.info.run_id, "stripes.superseded_by", superseded_by)
+            self.client.set_terminated(r.info.run_id, status="KILLED")
+            closed.append(r.info.run_id)
+        return closed
+
     def reopen_run(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 
@@ -208,7 +229,10 @@ def run_train(config: str | Path, out_dir: str | Path, experiment: str | Path, r
     out.mkdir(parents=True, exist_ok=True)
     run = cfg["run"]
     tracker = Tracker.from_experiment_file(experiment)
-    run_id = tracker.start_run(f"{run['pe']}/{run['context']}/seed{run['seed']}", tags=tracker.run_tags(cfg, "train"))
+    tags = tracker.run_tags(cfg, "train")
+    run_id = tracker.start_run(f"{run['pe']}/{run['context']}/seed{run['seed']}", tags=tags)
+    # an earlier attempt of this very job that was killed (same config hash): the resumed run replaces it
+    tracker.close_stale_runs({k: tags[k] for k in ("pe", "context", "seed", "stage", "config_hash")}, run_id)
     base = {"run_id": run_id, "experiment_id": tracker.experiment_id, "stage": "train",
             "pe": run["pe"], "context": run["context"], "seed": run["seed"]}
     tracker.log_params(run_id, flatten(cfg))

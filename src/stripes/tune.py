@@ -289,6 +289,8 @@ def run_study(
         if parent_file.exists() and read_json(parent_file).get("fingerprint") == fingerprint:
             parent_run_id = read_json(parent_file)["run_id"]
             tracker.reopen_run(parent_run_id)
+            # trials of the killed attempt never ended their runs; Optuna retries them anew
+            tracker.close_stale_runs({"mlflow.parentRunId": parent_run_id}, parent_run_id)
         else:
             parent_run_id = tracker.start_run(f"tune {pe}/{context}",
                                               tags=tracker.run_tags(base_cfg, stage="tune", extra={"role": "study"}))

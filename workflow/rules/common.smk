@@ -38,10 +38,7 @@ PE_REGISTRY = load_pe_registry(config, REPO)
 
 RESULTS = "results"
 
-
 report: "../report/workflow.rst"
-
-
 
 PAIRS = PLAN.pairs  # unique (pe, context): tuned once, shared by every table
 RUNS = PLAN.runs  # (pe, context, seed): trained and evaluated once
