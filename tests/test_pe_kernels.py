@@ -209,30 +209,22 @@ def test_complex_rotation_matches_reference_values_and_gradients(dtype):
     # view at an odd storage offset, which cannot be reinterpreted as complex without a copy
     qkv = torch.randn(2, 5, 3, 3, 8, generator=g, dtype=dtype)
     odd = torch.randn(2 * 3 * 5 * 8 + 1, generator=g, dtype=dtype)[1:].view(2, 3, 5, 8)
+    pairs = [(rotate_pairs, lambda x, th: rotate_pairs_complex(x, phasor(th)), 8),
+             (pool_rotated_pairs, lambda x, th: _pool(x, phasor(th)), 4)]
     for base in (qkv.permute(2, 0, 3, 1, 4)[1], odd):
-        x_ref = base.detach().clone().requires_grad_()
-        x_fast = base.detach().clone().requires_grad_()
-        th_ref = (torch.rand(2, 3, 5, 4, generator=g, dtype=dtype) * 9).requires_grad_()
-        th_fast = th_ref.detach().clone().requires_grad_()
-        gy = torch.randn(2, 3, 5, 8, generator=g, dtype=dtype)
-        ref = rotate_pairs(x_ref, torch.cos(th_ref), torch.sin(th_ref))
-        fast = rotate_pairs_complex(x_fast, phasor(th_fast))
-        torch.testing.assert_close(fast, ref)
-        (ref * gy).sum().backward()
-        (fast * gy).sum().backward()
-        torch.testing.assert_close(x_fast.grad, x_ref.grad)
-        torch.testing.assert_close(th_fast.grad, th_ref.grad)
-
-        gp = gy[..., :4]
-        for t in (x_ref, x_fast, th_ref, th_fast):
-            t.grad = None
-        ref = pool_rotated_pairs(x_ref, torch.cos(th_ref), torch.sin(th_ref))
-        fast = _pool(x_fast, phasor(th_fast))
-        torch.testing.assert_close(fast, ref)
-        (ref * gp).sum().backward()
-        (fast * gp).sum().backward()
-        torch.testing.assert_close(x_fast.grad, x_ref.grad)
-        torch.testing.assert_close(th_fast.grad, th_ref.grad)
+        for reference, fast, width in pairs:
+            x_ref = base.detach().clone().requires_grad_()
+            x_fast = base.detach().clone().requires_grad_()
+            th_ref = (torch.rand(2, 3, 5, 4, generator=g, dtype=dtype) * 9).requires_grad_()
+            th_fast = th_ref.detach().clone().requires_grad_()
+            gy = torch.randn(2, 3, 5, width, generator=g, dtype=dtype)
+            ref = reference(x_ref, torch.cos(th_ref), torch.sin(th_ref))
+            out = fast(x_fast, th_fast)
+            torch.testing.assert_close(out, ref)
+            (ref * gy).sum().backward()
+            (out * gy).sum().backward()
+            torch.testing.assert_close(x_fast.grad, x_ref.grad)
+            torch.testing.assert_close(th_fast.grad, th_ref.grad)
 
 
 def test_spe_phase_folded_into_noise_equals_phased_query_features():
