@@ -40,8 +40,9 @@ class Dropout(nn.Dropout):
     costs about 3 ms. So the mask is cut from one full-range 64-bit ``random_`` draw per 4
     elements: element i is kept when its int16 lane is >= k - 32768, k = round(p * 65536). The
     drop rate is therefore k / 65536 (0.1 -> 0.100006) and the scale 1 / (1 - k / 65536). The
-    mask is kept as bool (one byte per element) for backward. Other devices use ``F.dropout`` (a fused kernel there). Both
-    draw from torch's global RNG, so ``torch.manual_seed`` and a restored RNG state reproduce it.
+    mask is kept as bool (one byte per element) for backward. Other devices use ``F.dropout`` (a
+    fused kernel there). Both draw from torch's global RNG, so ``torch.manual_seed`` and a
+    restored RNG state reproduce it.
     """
 
     def forward(self, x: Tensor) -> Tensor:
