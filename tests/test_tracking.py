@@ -207,3 +207,61 @@ def test_ui_lists_the_study_runs_in_headless_chromium(experiment, tmp_path):
 
         os.killpg(server.pid, signal.SIGTERM)  # the ui process and the mlflow server it started
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_tracking_through_an_mlflow_server_http_uri(tmp_path):
+    """mlflow.tracking_uri: http://... -- the study's tracker against a real `mlflow server`."""
+    if not tracking.mlflow_server_available():
+        pytest.skip("full mlflow (the [ui] extra) is not installed: pip install -e '.[ui]'")
+    port = _free_port()
+    art = tmp_path / "artifacts"
+    art.mkdir()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                               f"sqlite:///{tmp_path}/server.db", "--default-artifact-root", art.as_uri(),
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                              start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        deadline = time.time() + 180
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() < deadline, "mlflow server did not come up"
+            time.sleep(1)
+        info = tracking.init_tracking(uri, art, "study", tmp_path / "experiment.json")
+        assert info["tracking_uri"] == uri
+        again = tracking.init_tracking(uri, art, "study", tmp_path / "experiment2.json")
+        assert again["experiment_id"] == info["experiment_id"]
+        tr = tracking.Tracker.from_experiment_file(tmp_path / "experiment.json")
+        cfg = {"run": {"pe": "rope_c", "context": "bin", "seed": 0}, "train": {"lr": 1e-3}}
+        tags = tr.run_tags(cfg, "train")
+        stale = tr.start_run("rope_c/bin/seed0", tags=tags)
+        rid = tr.start_run("rope_c/bin/seed0", tags=tags)
+        assert tr.close_stale_runs(tags, rid) == [stale]
+        tr.log_params(rid, tracking.flatten(cfg))
+        tr.log_metrics(rid, {"val_loss": 0.5, "train_loss": 0.7}, step=3)
+        (tmp_path / "metrics.json").write_text('{"test_16": {"cs": 1.0}}')
+        tr.log_artifact(rid, tmp_path / "metrics.json")
+        tr.end_run(rid)
+        from mlflow.tracking import MlflowClient
+
+        other = MlflowClient(tracking_uri=uri)  # what the UI and another node see
+        run = other.get_run(rid)
+        assert run.info.status == "FINISHED" and run.data.params["train.lr"] == "0.001"
+        assert run.data.metrics == {"val_loss": 0.5, "train_loss": 0.7}
+        assert run.data.tags["pe"] == "rope_c" and run.data.tags["stage"] == "train"
+        assert [a.path for a in other.list_artifacts(rid)] == ["metrics.json"]
+        assert other.get_run(stale).info.status == "KILLED"
+    finally:
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
