@@ -21,15 +21,16 @@ per PE:
   ``% paired`` (the headline) divides each timed step's GFLOP/s by a short fp32 peak probe
   (``--probe-n``, 2048) run right after that step and takes the median, so that a step and the
   peak it is compared with see the same neighbours on a shared machine; ``% best`` is the fastest
-  step against the highest peak seen in its process (a conservative best case). With ``--bf16`` the bf16 matmul peak is measured too and ``% bf16 pk`` compares
-  the autocast step with it (a bf16 step against the fp32 peak would flatter it);
+  step against the highest peak seen in its process (a conservative best case). With ``--bf16``
+  the bf16 matmul peak is measured too and ``% bf16 pk`` compares the autocast step with it (a
+  bf16 step against the fp32 peak would flatter it);
 * ``peak MB``: process max RSS (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA);
 * ``eval s/win``: one eval-mode forward pass per window (what validation and evaluation cost).
 
 ``--bf16-speedup`` also times fp32 and bf16-autocast steps interleaved in each PE's process and
-prints the speed-up. ``--bf16-check`` trains ``--bf16-steps`` steps of one PE from the same initial weights and the
-same batches in fp32 and under bf16 autocast and prints the max relative deviation of the loss
-curves. ``--train-windows N`` (or ``--data-report results/data/report.json``) adds the projected
+prints the speed-up. ``--bf16-check`` trains ``--bf16-steps`` steps of one PE from the same initial
+weights and the same batches in fp32 and under bf16 autocast and prints the max relative
+deviation of the loss curves. ``--train-windows N`` (or ``--data-report results/data/report.json``) adds the projected
 wall time of one full paper run (15 epochs of N 16-bar windows, 20 validations per epoch over
 ``--val-windows`` windows).
 

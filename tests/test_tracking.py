@@ -217,11 +217,10 @@ def test_tracking_through_an_mlflow_server_http_uri(tmp_path):
     port = _free_port()
     art = tmp_path / "artifacts"
     art.mkdir()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                               f"sqlite:///{tmp_path}/server.db", "--default-artifact-root", art.as_uri(),
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    # the same server command that `stripes ui` starts, on a DB of its own
+    cmd, env, _ = tracking.ui_command({"tracking_uri": f"sqlite:///{tmp_path}/server.db", "artifact_root": str(art),
+                                       "experiment_id": "0"}, "127.0.0.1", port)
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                               start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:

@@ -6,9 +6,7 @@ D_in = D/2. Kernel (eq. 23) has the RoPE Delta- terms plus Delta+ (absolute) ter
 
 from __future__ import annotations
 
-import torch
-
-from .rope import _RotaryPE, as_complex_pairs
+from .rope import _RotaryPE, rotate_pairs_complex
 
 
 def pool_rotated_pairs(x, cos, sin):
@@ -40,5 +38,4 @@ class RoPEPool(_RotaryPE):
 
 
 def _pool(x, rot):
-    z = as_complex_pairs(x)
-    return torch.view_as_real(z * rot.to(z.dtype)).sum(-1).to(x.dtype)
+    return rotate_pairs_complex(x, rot).unflatten(-1, (-1, 2)).sum(-1)
