@@ -14,7 +14,8 @@ per PE:
   in train mode (FAVOR+ redraw every step), median over ``--steps`` timed steps after
   ``--warmup`` untimed ones;
 * ``GFLOP/step``: FLOPs of one step counted with ``torch.utils.flop_counter.FlopCounterMode``
-  (matmul-type ops: mm, addmm, bmm, baddbmm, convolution; elementwise ops are not counted);
+  (matmul-type ops: mm, addmm, bmm, baddbmm and their in-place forms, convolution; elementwise ops
+  are not counted);
 * ``% peak``: achieved GFLOP/s divided by the machine's fp32 matmul peak, measured with a large
   ``torch.matmul`` (n = 4096 on CPU, 8192 on CUDA) on the same threads and device, once in the
   parent and once inside each PE's process just before its timed steps (the higher is used);
@@ -58,6 +59,21 @@ sys.path.insert(0, str(ROOT / "src"))
 DEFAULT_PES = ["nope", "rope_c", "fstripe1", "ropepool", "spe"]
 # context of each PE in the benchmark (the papers' typical pairing; speed barely depends on it)
 DEFAULT_CONTEXT = {"nope": "time", "spe": "time"}
+
+
+def _inplace_matmul_flops() -> dict:
+    """FLOP formulas for the in-place matmuls that FlopCounterMode does not know (it counts
+    ``baddbmm`` but not ``baddbmm_``, which the chunked attention uses). FlopCounterMode calls
+    them with the argument shapes."""
+    import torch
+
+    def baddbmm_(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * a_shape[0] * a_shape[1] * a_shape[2] * b_shape[2]
+
+    def addmm_(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    return {torch.ops.aten.baddbmm_: baddbmm_, torch.ops.aten.addmm_: addmm_}
 
 
 def _synthetic_batch(b: int, t: int, context: str, seed: int):
@@ -122,11 +138,15 @@ def worker(args) -> dict:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from stripes.device import select_device
+    INPLACE_MATMUL_FLOPS = _inplace_matmul_flops()
+
+    from stripes.device import keep_freed_memory, select_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = select_device(args.device)
+    # as `stripes train` does on CPU (see stripes.device.keep_freed_memory)
+    heap_kept = dev.type == "cpu" and not args.no_keep_freed_memory and keep_freed_memory()
     pe = args.worker
     context = args.context or DEFAULT_CONTEXT.get(pe, "bin")
     torch.manual_seed(0)
@@ -173,7 +193,7 @@ def worker(args) -> dict:
                 _sync(dev)
                 pair[bf].append(time.perf_counter() - t0)
         speedup = statistics.median(pair[False]) / statistics.median(pair[True])
-    with FlopCounterMode(display=False) as fc:
+    with FlopCounterMode(display=False, custom_mapping=INPLACE_MATMUL_FLOPS) as fc:
         step()
     flops = fc.get_total_flops()
     paired = [flops / 1e9 / t / p for t, p in zip(times, probes)]
@@ -212,6 +232,7 @@ def worker(args) -> dict:
         "local_bf16_peak_gflops": local_bf16_peak,
         "threads": torch.get_num_threads(),
         "bf16": args.bf16,
+        "heap_kept": heap_kept,
     }
 
 
@@ -291,6 +312,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per PE")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per PE")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--no-keep-freed-memory", action="store_true",
+                   help="leave glibc's malloc as it is (stripes train keeps freed memory on CPU)")
     p.add_argument("--probe-n", type=int, default=2048, help="size of the per-step fp32 peak probe matmul")
     p.add_argument("--bf16", action="store_true", help="time the steps under bf16 autocast")
     p.add_argument("--bf16-check", action="store_true", help="compare a short fp32 and bf16 loss curve")
@@ -325,7 +348,8 @@ def main(argv=None) -> int:
         info["bf16_matmul_peak_gflops"] = bf16_peak
     print("machine: " + json.dumps(info))
     print(f"shape: batch {args.batch} x T {args.T}, d_model {args.d_model}, {args.layers} layers, "
-          f"{args.heads} heads, m_f {args.features}, chunk {args.chunk}, device {dev}, bf16 {args.bf16}")
+          f"{args.heads} heads, m_f {args.features}, chunk {args.chunk}, device {dev}, bf16 {args.bf16}, "
+          f"keep freed memory {dev.type == 'cpu' and not args.no_keep_freed_memory}")
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (best of 5, n = {8192 if dev.type == 'cuda' else 4096})")
     if bf16_peak:
         print(f"bf16 matmul peak: {bf16_peak:.1f} GFLOP/s (the --bf16 steps are also compared with it)")
@@ -343,6 +367,8 @@ def main(argv=None) -> int:
             cmd.append("--bf16")
         if args.bf16_speedup:
             cmd.append("--bf16-speedup")
+        if args.no_keep_freed_memory:
+            cmd.append("--no-keep-freed-memory")
         res = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith("ROW ")), None)
         if res.returncode or line is None:

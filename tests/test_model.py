@@ -234,3 +234,43 @@ def test_dropout_on_cuda_uses_the_fused_kernel():
     d = Dropout(0.25).train()
     y = d(torch.ones(100_000, device="cuda"))
     assert y.device.type == "cuda" and abs((y == 0).float().mean().item() - 0.25) < 0.01
+
+
+def test_dropout_residual_is_x_plus_the_same_dropout():
+    from stripes.model import Dropout
+
+    d = Dropout(0.2).train()
+    x = torch.randn(3, 50, 16, requires_grad=True)
+    a = torch.randn(3, 50, 16, requires_grad=True)
+    torch.manual_seed(3)
+    r = d.residual(x, a)
+    torch.manual_seed(3)
+    expected = x + d(a)  # the same mask: both draw it from the same RNG state
+    torch.testing.assert_close(r, expected, rtol=0, atol=1e-6)
+    g = torch.randn_like(r)
+    gx, ga = torch.autograd.grad(r, (x, a), g)
+    torch.testing.assert_close(gx, g, rtol=0, atol=0)
+    kept = (expected - x).detach() != 0
+    k = round(0.2 * 65536)
+    torch.testing.assert_close(ga, g * kept * (65536 / (65536 - k)), rtol=0, atol=0)
+    d.eval()
+    assert torch.equal(d.residual(x, a), x + a)
+
+
+def test_split_heads_matches_the_view_permute_path():
+    from stripes.model import split_heads
+
+    b, t, h, dh = 2, 7, 3, 4
+    qkv = torch.randn(b, t, 3 * h * dh, dtype=torch.float64, requires_grad=True)
+    ours = split_heads(qkv, h)
+    ref = qkv.view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)
+    gs = [torch.randn(b, h, t, dh, dtype=torch.float64) for _ in range(3)]
+    for o, r in zip(ours, ref):
+        assert o.shape == (b, h, t, dh) and torch.equal(o, r)
+    g_ours = torch.autograd.grad(ours, qkv, gs)[0]
+    g_ref = torch.autograd.grad(ref, qkv, gs)[0]
+    assert torch.equal(g_ours, g_ref)
+    # outputs that take no part in the loss get zero gradient rows
+    g_q_only = torch.autograd.grad(split_heads(qkv, h)[0].sum(), qkv)[0].view(b, t, 3, h, dh)
+    assert torch.equal(g_q_only[:, :, 1:], torch.zeros_like(g_q_only[:, :, 1:]))
+    assert torch.equal(g_q_only[:, :, 0], torch.ones_like(g_q_only[:, :, 0]))

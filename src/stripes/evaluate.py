@@ -197,6 +197,8 @@ def evaluate(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     out.mkdir(parents=True, exist_ok=True)
     devmod.set_num_threads(ec["num_threads"])
     dev = devmod.select_device(device or ec["device"])
+    if dev.type == "cpu":
+        devmod.keep_freed_memory()
     devmod.seed_everything(int((cfg.get("run") or {}).get("seed", 0)))
 
     ck = load_checkpoint(checkpoint)

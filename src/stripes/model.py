@@ -8,6 +8,7 @@ attention (chunked by default) or exact softmax attention, as the PE requires.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -39,29 +40,79 @@ class Dropout(nn.Dropout):
     on an (8,1024,512) fp32 tensor took 43 ms on 2 cores against 16 ms here, where applying a mask
     costs about 3 ms. So the mask is cut from one full-range 64-bit ``random_`` draw per 4
     elements: element i is kept when its int16 lane is >= k - 32768, k = round(p * 65536). The
-    drop rate is therefore k / 65536 (0.1 -> 0.100006) and the scale 1 / (1 - k / 65536). The
-    mask is kept as bool (one byte per element) for backward. Other devices use ``F.dropout`` (a
-    fused kernel there). Both draw from torch's global RNG, so ``torch.manual_seed`` and a
-    restored RNG state reproduce it.
+    drop rate is therefore k / 65536 (0.1 -> 0.100006) and the scale 1 / (1 - k / 65536), held
+    in the float32 mask (0 or scale) that backward multiplies by. ``residual(x, branch)`` is
+    x + dropout(branch) as one ``addcmul``. Other devices use ``F.dropout`` (a fused kernel
+    there). Both draw from torch's global RNG, so ``torch.manual_seed`` and a restored RNG state
+    reproduce it.
     """
+
+    def _cpu_mask(self, x: Tensor) -> Tensor | None:
+        """The scaled CPU mask for x, or None where ``F.dropout`` (or nothing) applies."""
+        if x.device.type != "cpu" or self.p >= 1:
+            return None
+        return bit_dropout_mask(x.shape, self.p, x.device)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return x
-        if x.device.type != "cpu" or self.p >= 1:
+        m = self._cpu_mask(x)
+        if m is None:
             return F.dropout(x, self.p, True)
-        return bit_dropout(x, self.p)
+        return (x * m).to(x.dtype)
+
+    def residual(self, x: Tensor, branch: Tensor) -> Tensor:
+        """x + dropout(branch); on CPU one pass (``addcmul``) instead of three."""
+        if not self.training or self.p == 0:
+            return x + branch
+        m = self._cpu_mask(branch)
+        if m is None:
+            return x + F.dropout(branch, self.p, True)
+        return torch.addcmul(x, branch, m)
+
+
+def bit_dropout_mask(shape, p: float, device=None) -> Tensor:
+    """float32 mask of ``shape``: 0 with probability round(p * 65536) / 65536, else 1 / (1 - that)."""
+    k = round(p * 65536)
+    if k >= 65536:
+        return torch.zeros(shape, device=device)
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
+    keep = (words.view(torch.int16)[:n] >= k - 32768).view(shape)
+    return torch.where(keep, 65536 / (65536 - k), 0.0)
 
 
 def bit_dropout(x: Tensor, p: float) -> Tensor:
     """Training-mode dropout of CPU tensor x with drop rate round(p * 65536) / 65536 (see Dropout)."""
-    k = round(p * 65536)
-    if k == 0:
+    if round(p * 65536) == 0:
         return x
-    n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-    keep = (words.view(torch.int16)[:n] >= k - 32768).view(x.shape)
-    return x.mul(keep).mul_(65536 / (65536 - k))
+    return (x * bit_dropout_mask(x.shape, p, x.device)).to(x.dtype)
+
+
+class _SplitHeads(torch.autograd.Function):
+    """qkv (B,T,3*H*D) -> q, k, v (B,H,T,D) views of it.
+
+    Autograd's own backward of view/permute/unbind stacks the three gradients and then copies
+    the stack into the (B,T,3,H,D) order; here each gradient is copied once, straight into it.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, n_heads: int):
+        b, t, c = qkv.shape
+        ctx.shape = (b, t, 3, n_heads, c // (3 * n_heads))
+        return qkv.view(ctx.shape).permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def backward(ctx, gq, gk, gv):
+        g = torch.empty(ctx.shape, dtype=gq.dtype, device=gq.device)
+        for i, gi in enumerate((gq, gk, gv)):
+            g[:, :, i] = gi.transpose(1, 2)
+        return g.flatten(2), None
+
+
+def split_heads(qkv: Tensor, n_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v (B,H,T,D) views of the packed projection qkv (B,T,3*H*D)."""
+    return _SplitHeads.apply(qkv, n_heads)
 
 
 class CausalSelfAttention(nn.Module):
@@ -79,7 +130,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, pe: PositionalEncoding, code: Any) -> Tensor:
         b, t, _ = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = split_heads(self.qkv(x), self.n_heads)
         v_dtype = v.dtype
         if self.linear:
             # PE transform, features and prefix sums in float32 even under autocast: exp() and
@@ -107,9 +158,9 @@ class EncoderLayer(nn.Module):
         self.drop = Dropout(dropout)
 
     def forward(self, x, pe, code):
-        x = self.norm1(x + self.drop(self.attn(x, pe, code)))
+        x = self.norm1(self.drop.residual(x, self.attn(x, pe, code)))
         ff = self.ff2(self.drop(F.relu(self.ff1(x))))
-        return self.norm2(x + self.drop(ff))
+        return self.norm2(self.drop.residual(x, ff))
 
 
 class Harmonizer(nn.Module):
@@ -178,4 +229,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["DEFAULTS", "Dropout", "Harmonizer", "bit_dropout", "build_model", "count_parameters", "resolve_model_cfg"]
+__all__ = [
+    "DEFAULTS", "Dropout", "Harmonizer", "bit_dropout", "bit_dropout_mask", "build_model", "count_parameters",
+    "resolve_model_cfg", "split_heads",
+]

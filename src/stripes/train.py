@@ -362,6 +362,8 @@ def train(
 
     devmod.set_num_threads(tc["num_threads"])
     dev = devmod.select_device(device or tc["device"])
+    if dev.type == "cpu":
+        devmod.keep_freed_memory()
     devmod.set_deterministic(bool(tc["deterministic"]), dev)
     devmod.seed_everything(seed)
 
