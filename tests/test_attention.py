@@ -171,3 +171,27 @@ def test_chunked_output_merges_heads_as_a_view():
     q, k, v, eps = _inputs(16)
     y = causal_linear_attention_chunked(q, k, v, eps, 4)  # (B,H,T,D) laid out as (B,T,H,D)
     assert y.transpose(1, 2).is_contiguous()
+
+
+def test_feature_map_fast_path_matches_favor_features_values_and_gradients():
+    """FavorFeatureMap (norm folded into epsilon, _PairedExp) against the plain favor_features
+    composition: the same phi and epsilon, and the same attention output and input gradients."""
+    g = torch.Generator().manual_seed(4)
+    q = (2 * torch.randn(2, 3, 13, 8, generator=g, dtype=torch.float64)).requires_grad_()
+    k = (2 * torch.randn(2, 3, 13, 8, generator=g, dtype=torch.float64)).requires_grad_()
+    v = torch.randn(2, 3, 13, 5, generator=g, dtype=torch.float64).requires_grad_()
+    fm = FavorFeatureMap(8, 16, seed=2).eval()
+    omega = fm.omega(q.device, q.dtype)
+    phi_q, phi_k, eps = fm(q, k)
+    ref_q, shift = favor_features(q, omega, stabilize=True)
+    ref_k, _ = favor_features(k, omega)
+    ref_eps = 1e-6 * torch.exp(-shift)
+    for a, b in ((phi_q, ref_q), (phi_k, ref_k), (eps, ref_eps)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    # a large epsilon makes the norm's path through it count in the gradient
+    y = causal_linear_attention_chunked(phi_q, phi_k, v, eps * 1e4, 4)
+    y_ref = causal_linear_attention_reference(ref_q, ref_k, v, ref_eps * 1e4)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    gy = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, (q, k, v), gy), torch.autograd.grad(y_ref, (q, k, v), gy)):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)

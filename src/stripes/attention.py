@@ -55,6 +55,44 @@ def favor_features(x: Tensor, omega: Tensor, stabilize: bool = False) -> tuple[T
     return expo.sub_(shift).exp_(), shift.squeeze(-1)
 
 
+def _project(x: Tensor, omega: Tensor) -> Tensor:
+    """x (..., D) @ omega (D, h) as one GEMM over all rows (a strided x is copied once first)."""
+    return (x.reshape(-1, x.shape[-1]) @ omega).view(*x.shape[:-1], omega.shape[-1])
+
+
+def _half_sq_norm(x: Tensor, m_f: int) -> Tensor:
+    """|x|^2 / (2 sqrt D) + log(m_f) / 2, (..., 1): the per-row FAVOR+ exponent offset."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() * (0.5 / math.sqrt(x.shape[-1])) \
+        + 0.5 * math.log(m_f)
+
+
+class _PairedExp(torch.autograd.Function):
+    """phi = exp([u - c, -u - c]) (..., 2h) for u (..., h) and a per-row c (..., 1).
+
+    Written straight into one buffer (no cat, no negated copy of u); backward is one product
+    g * phi, a half-width difference and, when c needs it, a row sum.
+    """
+
+    @staticmethod
+    def forward(ctx, u, c):
+        h = u.shape[-1]
+        phi = u.new_empty(*u.shape[:-1], 2 * h)
+        torch.sub(u, c, out=phi[..., :h])
+        torch.sub(c.neg(), u, out=phi[..., h:])
+        phi.exp_()
+        ctx.save_for_backward(phi)
+        return phi
+
+    @staticmethod
+    def backward(ctx, g):
+        (phi,) = ctx.saved_tensors
+        h = phi.shape[-1] // 2
+        ge = g * phi
+        du = ge[..., :h] - ge[..., h:]
+        dc = ge.sum(-1, keepdim=True).neg_() if ctx.needs_input_grad[1] else None
+        return du, dc
+
+
 class FavorFeatureMap(nn.Module):
     """FAVOR+ for one attention layer: fresh Omega every training forward (global RNG, so
     ``torch.manual_seed`` reproduces a run), one fixed draw from ``seed`` in eval mode (cached per
@@ -77,12 +115,22 @@ class FavorFeatureMap(nn.Module):
         return self._cache[key]
 
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        omega = self.omega(q.device, q.dtype)
-        # queries only: a per-row shift is causal-safe (it is undone through epsilon below);
+        """phi(q), phi(k) (..., m_f) and the epsilon (...,) that goes with the stabilised phi(q).
+
+        The values are those of ``favor_features(q, stabilize=True)``, ``favor_features(k)`` and
+        EPS * exp(-shift). The query shift max_j(+-u_j) - |q|^2 / (2 sqrt D) cancels the norm
+        term, so phi(q) = exp(+-u - max|u|) needs no norm, and the norm reaches q through epsilon
+        instead (its only effect on the output; the output and its gradient are unchanged).
+        """
+        omega = self.omega(q.device, q.dtype) * self.d_in**-0.25
+        u_q, u_k = _project(q, omega), _project(k, omega)
+        # queries only: a per-row shift is causal-safe (it is undone through epsilon);
         # a key-side shift would have to look at future keys
-        phi_q, shift = favor_features(q, omega, stabilize=True)
-        phi_k, _ = favor_features(k, omega)
-        eps = EPS * torch.exp(-shift)
+        lo, hi = torch.aminmax(u_q.detach(), dim=-1, keepdim=True)
+        top = torch.maximum(hi, -lo)
+        phi_q = _PairedExp.apply(u_q, top)
+        phi_k = _PairedExp.apply(u_k, _half_sq_norm(k, self.n_features))
+        eps = EPS * torch.exp(_half_sq_norm(q, self.n_features) - top).squeeze(-1)
         return phi_q, phi_k, eps
 
     def extra_repr(self) -> str:
