@@ -194,7 +194,10 @@ def worker(args) -> dict:
                 pair[bf].append(time.perf_counter() - t0)
         speedup = statistics.median(pair[False]) / statistics.median(pair[True])
     with FlopCounterMode(display=False, custom_mapping=INPLACE_MATMUL_FLOPS) as fc:
-        step()
+        last_loss = float(step())
+    # a fast step that has stopped learning is no result (this caught a NaN in F-StrIPE1 once)
+    if not math.isfinite(last_loss):
+        raise RuntimeError(f"{pe}: training loss is {last_loss} after {args.warmup + args.steps + 1} steps")
     flops = fc.get_total_flops()
     paired = [flops / 1e9 / t / p for t, p in zip(times, probes)]
     # eval-mode forward per window (validation / evaluation cost)

@@ -117,10 +117,13 @@ class FavorFeatureMap(nn.Module):
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """phi(q), phi(k) (..., m_f) and the epsilon (...,) that goes with the stabilised phi(q).
 
-        The values are those of ``favor_features(q, stabilize=True)``, ``favor_features(k)`` and
-        EPS * exp(-shift). The query shift max_j(+-u_j) - |q|^2 / (2 sqrt D) cancels the norm
-        term, so phi(q) = exp(+-u - max|u|) needs no norm, and the norm reaches q through epsilon
-        instead (its only effect on the output; the output and its gradient are unchanged).
+        Values and gradients are those of ``favor_features(q, stabilize=True)``,
+        ``favor_features(k)`` and EPS * exp(-shift) (shift detached). The query shift
+        max_j(+-u_j) - n, n = |q|^2 / (2 sqrt D) + log(m_f) / 2, cancels n in the exponent, so
+        phi(q) = exp(+-u - max|u|) is formed without it; n still enters as n - n.detach() (zero in
+        value) so that its gradient -sum(g * phi) reaches q exactly as before. Epsilon stays out of
+        the graph: when it overflows to inf (large |q| at small D, e.g. F-StrIPE1's D = 2) the row's
+        output is 0 and its gradient must stay 0, not inf * 0.
         """
         omega = self.omega(q.device, q.dtype) * self.d_in**-0.25
         u_q, u_k = _project(q, omega), _project(k, omega)
@@ -128,9 +131,10 @@ class FavorFeatureMap(nn.Module):
         # a key-side shift would have to look at future keys
         lo, hi = torch.aminmax(u_q.detach(), dim=-1, keepdim=True)
         top = torch.maximum(hi, -lo)
-        phi_q = _PairedExp.apply(u_q, top)
+        n_q = _half_sq_norm(q, self.n_features)
+        phi_q = _PairedExp.apply(u_q, top + (n_q - n_q.detach()))
         phi_k = _PairedExp.apply(u_k, _half_sq_norm(k, self.n_features))
-        eps = EPS * torch.exp(_half_sq_norm(q, self.n_features) - top).squeeze(-1)
+        eps = EPS * torch.exp(n_q.detach() - top).squeeze(-1)
         return phi_q, phi_k, eps
 
     def extra_repr(self) -> str:
