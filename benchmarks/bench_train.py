@@ -28,6 +28,10 @@ per PE:
 * ``peak MB``: process max RSS (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA);
 * ``eval s/win``: one eval-mode forward pass per window (what validation and evaluation cost).
 
+On CPU the workers first call ``stripes.device.keep_freed_memory()``, as ``stripes train`` does;
+``--no-keep-freed-memory`` measures glibc's default allocator instead. A step whose loss is not
+finite fails the PE's row.
+
 ``--bf16-speedup`` also times fp32 and bf16-autocast steps interleaved in each PE's process and
 prints the speed-up. ``--bf16-check`` trains ``--bf16-steps`` steps of one PE from the same initial
 weights and the same batches in fp32 and under bf16 autocast and prints the max relative
