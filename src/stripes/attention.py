@@ -35,6 +35,12 @@ def draw_orthogonal_features(
     return omega * norms.unsqueeze(0)
 
 
+def _half_sq_norm(x: Tensor, m_f: int) -> Tensor:
+    """|x|^2 / (2 sqrt D) + log(m_f) / 2, (..., 1): the per-row FAVOR+ exponent offset."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() * (0.5 / math.sqrt(x.shape[-1])) \
+        + 0.5 * math.log(m_f)
+
+
 def favor_features(x: Tensor, omega: Tensor, stabilize: bool = False) -> tuple[Tensor, Tensor | None]:
     """Positive random features phi(x) (..., m_f) for the softmax kernel exp(x.y / sqrt(D_in)).
 
@@ -47,8 +53,7 @@ def favor_features(x: Tensor, omega: Tensor, stabilize: bool = False) -> tuple[T
     # tau^(1/2) folded into Omega and the norm: no rescaled copy of x (memory-bound at long T).
     # x @ [Omega, -Omega] instead of the cat was no faster here and doubles the FLOPs.
     u = x @ (omega * d_in**-0.25)
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() * (0.5 / math.sqrt(d_in)) + 0.5 * math.log(m_f)
-    expo = torch.cat([u, -u], dim=-1).sub_(norm)  # in place on the fresh cat output
+    expo = torch.cat([u, -u], dim=-1).sub_(_half_sq_norm(x, m_f))  # in place on the fresh cat output
     if not stabilize:
         return expo.exp_(), None
     shift = expo.detach().amax(-1, keepdim=True)
@@ -58,12 +63,6 @@ def favor_features(x: Tensor, omega: Tensor, stabilize: bool = False) -> tuple[T
 def _project(x: Tensor, omega: Tensor) -> Tensor:
     """x (..., D) @ omega (D, h) as one GEMM over all rows (a strided x is copied once first)."""
     return (x.reshape(-1, x.shape[-1]) @ omega).view(*x.shape[:-1], omega.shape[-1])
-
-
-def _half_sq_norm(x: Tensor, m_f: int) -> Tensor:
-    """|x|^2 / (2 sqrt D) + log(m_f) / 2, (..., 1): the per-row FAVOR+ exponent offset."""
-    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() * (0.5 / math.sqrt(x.shape[-1])) \
-        + 0.5 * math.log(m_f)
 
 
 class _PairedExp(torch.autograd.Function):
