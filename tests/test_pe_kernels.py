@@ -10,7 +10,7 @@ from stripes.pe.fstripe import FStripe
 from stripes.pe.fstripe1 import FStripe1
 from stripes.pe.rope import RoPE, rope_frequencies
 from stripes.pe.ropepool import RoPEPool
-from stripes.pe.spe import SineSPE
+from stripes.pe.spe import SineSPE, sine_features, sine_mix, sine_mix_reference
 from stripes.pe.srpe import SSRPE, s24_sinusoid
 
 H, D = 2, 8
@@ -165,10 +165,10 @@ def test_spe_eval_noise_fixed_train_noise_fresh():
     pe = _make(SineSPE, realizations=4, num_sines=2)
     pos = _pos()
     pe.eval()
-    a = pe.prepare(pos)[2]
-    assert torch.equal(a, pe.prepare(pos)[2])
+    a = pe.prepare(pos).zk
+    assert torch.equal(a, pe.prepare(pos).zk)
     pe.train()
-    assert not torch.equal(pe.prepare(pos)[2], pe.prepare(pos)[2])
+    assert not torch.equal(pe.prepare(pos).zk, pe.prepare(pos).zk)
 
 
 def test_ssrpe_sinusoid_and_bias():
@@ -237,10 +237,37 @@ def test_spe_phase_folded_into_noise_equals_phased_query_features():
     angq = ang + pe.phase[:, None]
     oq = torch.stack([torch.cos(angq), torch.sin(angq)], -1).flatten(-2)  # (B,H,T,D,2K), phase on q
     ok = torch.stack([torch.cos(ang), torch.sin(ang)], -1).flatten(-2)
-    zk = code[2]
+    # the code's noise (H, [cos_1..cos_K, sin_1..sin_K] x D, R) in this test's (cos, sin) pair order
+    zk = code.zk.view(H, 2, 4, D, 3).permute(0, 3, 2, 1, 4).reshape(H, D, 8, 3)
     torch.testing.assert_close(qbar, torch.einsum("bhtdj,hdjr->bhtdr", oq, zk))
     torch.testing.assert_close(kbar, torch.einsum("bhtdj,hdjr->bhtdr", ok, zk))
     q, k = _qk()
     qh, kh = pe.transform_qk(q, k, code, 0)
     torch.testing.assert_close(qh, torch.einsum("bhtd,bhtdr->bhtr", q, qbar))
     torch.testing.assert_close(kh, torch.einsum("bhtd,bhtdr->bhtr", k, kbar))
+
+
+@pytest.mark.parametrize("b,t,L,rows,shared_pos", [(2, 7, 1, 3, False), (3, 9, 2, 100, False), (3, 5, 3, 2, True)])
+def test_sine_mix_matches_reference(b, t, L, rows, shared_pos):
+    """The blocked sine_mix against plain autograd through sine_features: values and the gradients
+    of x (a strided view, as in the model), z and freq (whose gradient sine_mix forms itself)."""
+    g = torch.Generator().manual_seed(3)
+    k, r = 3, 5
+    qkv = torch.randn(b, t, 3, H, D, generator=g, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(H, 2 * k * D, r, generator=g, dtype=torch.float64, requires_grad=True)
+    logit = torch.randn(H, D, k, L, generator=g, dtype=torch.float64, requires_grad=True)
+    pos = torch.randint(0, 30, (1 if shared_pos else b, t, L), generator=g).double()
+    gy = torch.randn(b, H, t, r, generator=g, dtype=torch.float64)
+    results = []
+    for fast in (False, True):
+        qkv.grad = z.grad = logit.grad = None
+        x = qkv[:, :, 1].transpose(1, 2)
+        freq = torch.sigmoid(logit) / 2
+        if fast:
+            out = sine_mix(x, z, freq, sine_features(pos, freq).detach(), pos, rows)
+        else:
+            out = sine_mix_reference(x, sine_features(pos, freq), z)
+        (out * gy).sum().backward()
+        results.append((out.detach(), qkv.grad, z.grad, logit.grad))
+    for fast, ref in zip(*results[::-1]):
+        torch.testing.assert_close(fast, ref)

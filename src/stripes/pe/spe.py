@@ -9,6 +9,7 @@ draw from ``seed`` in eval (never touching the global RNG).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,107 @@ class _GatedSPE(PositionalEncoding):
         return q * a, k * a, uq, uk
 
 
+class SineCode(NamedTuple):
+    """sineSPE's per-forward code, shared by all layers.
+
+    feats (H,B',T,2K,D): [cos_1..cos_K, sin_1..sin_K] of 2 pi f.p, B' = 1 when every window has
+    the same positions (TIME), else B; computed without a graph (its gradient to ``freq`` is
+    formed by ``sine_mix``). freq (H,D,K,L) = sigmoid(w)/2; pos (B',T,L); zq, zk (H,2K*D,R) noise
+    in the feats order (the query phase folded into zq); u (H,D,R) gate noise.
+    """
+
+    feats: Tensor
+    freq: Tensor
+    pos: Tensor
+    zq: Tensor
+    zk: Tensor
+    u: Tensor
+
+
+def sine_features(pos: Tensor, freq: Tensor) -> Tensor:
+    """[cos, sin](2 pi pos.f) (H,B,T,2K,D) for pos (B,T,L), freq (H,D,K,L); differentiable."""
+    with full_precision(pos):
+        ang = 2 * math.pi * torch.einsum("btl,hdkl->hbtkd", pos.to(freq.dtype), freq)
+    return torch.cat([torch.cos(ang), torch.sin(ang)], -2)
+
+
+def sine_mix_reference(x: Tensor, feats: Tensor, z: Tensor) -> Tensor:
+    """sum_{j,d} x_d feats_jd z_(jd)r: x (B,H,T,D), feats (H,B',T,J,D), z (H,J*D,R) -> (B,H,T,R).
+
+    Plain autograd: it materialises the (H,B,T,J,D) product forward and backward.
+    """
+    prod = x.transpose(0, 1).unsqueeze(-2) * feats
+    h, b, t = prod.shape[:3]
+    return torch.bmm(prod.reshape(h, b * t, -1), z).view(h, b, t, -1).transpose(0, 1)
+
+
+class _SineMix(torch.autograd.Function):
+    """``sine_mix_reference`` with feats = ``sine_features(pos, freq)``, block by block.
+
+    Each (head, window, block of ``rows`` frames) forms its (rows, J*D) product in a reused buffer
+    that stays in cache, for one GEMM forward; backward recomputes it instead of saving it.
+    feats carries no graph: the gradient to freq is formed here, per block, as
+    2 pi pos^T (cos * g_sin - sin * g_cos) with g_feats = (g z^T) * x, so no (H,B,T,J,D) tensor
+    is written, saved or summed over the four uses of one step (q and k, two layers).
+    """
+
+    @staticmethod
+    def forward(ctx, x, z, freq, feats, pos, rows):
+        b, h, t, d = x.shape
+        j, r = feats.shape[-2], z.shape[-1]
+        out = x.new_empty(b, h, t, r)
+        buf = x.new_empty(min(rows, t), j, d)
+        for hi, bi, s, e in _blocks(h, b, t, rows):
+            p = torch.mul(x[bi, hi, s:e].unsqueeze(1), feats[hi, bi % feats.shape[1], s:e], out=buf[: e - s])
+            torch.mm(p.view(e - s, -1), z[hi], out=out[bi, hi, s:e])
+        ctx.save_for_backward(x, z, feats, pos)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, z, feats, pos = ctx.saved_tensors
+        b, h, t, d = x.shape
+        j = feats.shape[-2]
+        k = j // 2
+        need_x, need_z, need_f = ctx.needs_input_grad[:3]
+        tc = min(ctx.rows, t)
+        gp_buf, p_buf, ga_buf = x.new_empty(tc, j, d), x.new_empty(tc, j, d), x.new_empty(tc, k, d)
+        gx = x.new_empty(b, h, t, d) if need_x else None
+        gz = torch.zeros_like(z) if need_z else None
+        gf = x.new_zeros(h, pos.shape[-1], k * d) if need_f else None
+        pos = pos.to(x.dtype)
+        for hi, bi, s, e in _blocks(h, b, t, ctx.rows):
+            n, fe, xe, ge = e - s, feats[hi, bi % feats.shape[1], s:e], x[bi, hi, s:e].unsqueeze(1), g[bi, hi, s:e]
+            gp = torch.mm(ge, z[hi].t(), out=gp_buf[:n].view(n, -1)).view(n, j, d)  # d prod
+            if need_z:
+                p = torch.mul(xe, fe, out=p_buf[:n])
+                gz[hi].addmm_(p.view(n, -1).t(), ge)
+            if need_x:
+                torch.sum(torch.mul(gp, fe, out=p_buf[:n]), 1, out=gx[bi, hi, s:e])
+            if need_f:
+                gp.mul_(xe)  # d feats
+                ga = torch.mul(fe[:, :k], gp[:, k:], out=ga_buf[:n])
+                ga.addcmul_(fe[:, k:], gp[:, :k], value=-1)  # d angle
+                gf[hi].addmm_(pos[bi % pos.shape[0], s:e].t(), ga.view(n, -1))
+        if need_f:
+            gf = (gf * (2 * math.pi)).view(h, -1, k, d).permute(0, 3, 2, 1)
+        return gx, gz, gf, None, None, None
+
+
+def _blocks(h: int, b: int, t: int, rows: int):
+    for hi in range(h):
+        for bi in range(b):
+            for s in range(0, t, rows):
+                yield hi, bi, s, min(s + rows, t)
+
+
+def sine_mix(x: Tensor, z: Tensor, freq: Tensor, feats: Tensor, pos: Tensor, rows: int = 1024) -> Tensor:
+    """Same value and gradients as ``sine_mix_reference(x, sine_features(pos, freq), z)`` (feats is
+    that tensor, given without a graph); memory beyond the output: three (rows, J, D) buffers."""
+    return _SineMix.apply(x, z, freq, feats.detach(), pos, int(rows))
+
+
 class SineSPE(_GatedSPE):
     """Gated sineSPE with positions of dimension L (L = 1: SPE; L > 1 or labels: F-StrIPE:SFF).
 
@@ -61,6 +163,8 @@ class SineSPE(_GatedSPE):
     for L > 1), query-side phase theta, gain lambda = softplus(g). Kwargs: realizations R=64,
     num_sines K=5, gated True, seed 0 (eval noise) [all INF/SPE music configs, A9].
     """
+
+    rows = 1024  # frames per block of ``sine_mix``: a (rows, 2K*D) fp32 buffer of 5 MB at K=5, D=128
 
     def __init__(self, *, realizations: int = 64, num_sines: int = 5, gated: bool = True, seed: int = 0,
                  share_layers: bool = True, **structural):
@@ -71,52 +175,44 @@ class SineSPE(_GatedSPE):
         self.phase = nn.Parameter(torch.randn(h, d, k))
         self.gain_logit = nn.Parameter(_gain_init((h, d, k)))
 
-    def features(self, pos: Tensor) -> Tensor:
-        """Omega^K (H,B,T,D,2K) = [cos_1, sin_1, cos_2, ...] of 2 pi f.p: keys, no phase.
-
-        Head-major, so that the per-head contraction in ``transform_qk`` is one bmm on a view.
-        """
-        f = torch.sigmoid(self.freq_logit) / 2
-        with full_precision(pos):
-            ang = 2 * math.pi * torch.einsum("btl,hdkl->hbtdk", pos.to(f.dtype), f)
-        return torch.stack([torch.cos(ang), torch.sin(ang)], -1).flatten(-2)
-
-    def prepare(self, pos):
-        """(Omega^K (H,B,T,D,2K), Z^Q, Z^K (H,D,2K,R), U (H,D,R)), scaled as in the module docstring.
+    def prepare(self, pos) -> SineCode:
+        """The code (see ``SineCode``), scaled as in the module docstring.
 
         The query phase theta only rotates each (cos, sin) pair: with c, s = cos theta, sin theta,
         [cos(a+theta), sin(a+theta)] = [c cos a - s sin a, s cos a + c sin a]. So it is moved onto
         the small noise matrix, Omega^Q Z = Omega^K Z^Q with (z^Q_cos, z^Q_sin) = (c z_cos + s z_sin,
         c z_sin - s z_cos) per pair: queries and keys share one feature tensor, and no gradient
-        flows through a (B,H,T,D,K) phase tensor.
+        flows through a (B,H,T,K,D) phase tensor.
         """
         h, d, k, r = self.n_heads, self.head_dim, self.num_sines, self.realizations
-        ok = self.features(pos)
-        lam = F.softplus(self.gain_logit).repeat_interleave(2, dim=-1)  # (H,D,2K)
-        z, u = self._draw((h, d, 2 * k, r), (h, d, r), like=ok)
+        if pos.shape[0] > 1 and bool((pos == pos[:1]).all()):
+            pos = pos[:1]  # the same positions in every window: one feature tensor for all
+        freq = torch.sigmoid(self.freq_logit) / 2
+        with torch.no_grad():
+            feats = sine_features(pos, freq)
+        lam = F.softplus(self.gain_logit).unsqueeze(-1)  # (H,D,K,1)
+        z, u = self._draw((h, d, k, 2, r), (h, d, r), like=feats)  # (cos, sin) noise pair per sine
         scale = (r * d) ** -0.25
         zk = z * (lam / math.sqrt(2 * k) * scale).unsqueeze(-1)
-        c, s = torch.cos(self.phase).unsqueeze(-1), torch.sin(self.phase).unsqueeze(-1)  # (H,D,K,1)
-        z_cos, z_sin = zk[..., 0::2, :], zk[..., 1::2, :]
-        zq = torch.stack([c * z_cos + s * z_sin, c * z_sin - s * z_cos], -2).flatten(-3, -2)
-        return ok, zq, zk, u * scale
+        c, s = torch.cos(self.phase)[..., None, None], torch.sin(self.phase)[..., None, None]
+        z_cos, z_sin = zk[..., :1, :], zk[..., 1:, :]
+        zq = torch.cat([c * z_cos + s * z_sin, c * z_sin - s * z_cos], -2)
 
-    def realisations(self, code) -> tuple[Tensor, Tensor]:
-        """Qbar, Kbar (B,H,T,D,R) before gating: for tests and analysis (memory heavy)."""
-        ok, zq, zk, _ = code
-        return torch.einsum("hbtdj,hdjr->bhtdr", ok, zq), torch.einsum("hbtdj,hdjr->bhtdr", ok, zk)
+        def feats_order(zz):  # (H,D,K,2,R) -> (H, [cos_1..cos_K, sin_1..sin_K] x D, R)
+            return zz.permute(0, 3, 2, 1, 4).reshape(h, 2 * k * d, r)
+
+        return SineCode(feats, freq, pos, feats_order(zq), feats_order(zk), u * scale)
+
+    def realisations(self, code: SineCode) -> tuple[Tensor, Tensor]:
+        """Qbar, Kbar (B',H,T,D,R) before gating: for tests and analysis (memory heavy)."""
+        h, j, d = code.feats.shape[0], code.feats.shape[-2], code.feats.shape[-1]
+        return tuple(torch.einsum("hbtjd,hjdr->bhtdr", code.feats, z.view(h, j, d, -1)) for z in (code.zq, code.zk))
 
     def transform_qk(self, q, k, code, layer):
-        ok, zq, zk, u = (c.to(q.dtype) for c in code)
+        feats, freq, pos, zq, zk, u = (c.to(q.dtype) for c in code)
         q, k, uq, uk = self._gate_terms(q, k, u, layer)
-        return _mix(q, ok, zq) + uq, _mix(k, ok, zk) + uk
-
-
-def _mix(x: Tensor, feats: Tensor, z: Tensor) -> Tensor:
-    """sum_{d,j} x_d feats_dj z_djr: x (B,H,T,D), feats (H,B,T,D,J), z (H,D,J,R) -> (B,H,T,R)."""
-    h, b, t, d, j = feats.shape
-    prod = (x.transpose(0, 1).unsqueeze(-1) * feats).view(h, b * t, d * j)
-    return torch.bmm(prod, z.reshape(h, d * j, -1)).view(h, b, t, -1).transpose(0, 1)
+        return (sine_mix(q, zq, freq, feats, pos, self.rows) + uq,
+                sine_mix(k, zk, freq, feats, pos, self.rows) + uk)
 
 
 class ConvSPE(_GatedSPE):
