@@ -202,7 +202,7 @@ def test_ape_adds_vaswani_table():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_complex_rotation_matches_reference_values_and_gradients(dtype):
     from stripes.pe.rope import phasor, rotate_pairs, rotate_pairs_complex
-    from stripes.pe.ropepool import _pool, pool_rotated_pairs
+    from stripes.pe.ropepool import pool_pairs, pool_rotated_pairs, pool_weights
 
     g = torch.Generator().manual_seed(0)
     # q, k as the model hands them over: strided head views of one fused qkv projection; plus a
@@ -210,7 +210,7 @@ def test_complex_rotation_matches_reference_values_and_gradients(dtype):
     qkv = torch.randn(2, 5, 3, 3, 8, generator=g, dtype=dtype)
     odd = torch.randn(2 * 3 * 5 * 8 + 1, generator=g, dtype=dtype)[1:].view(2, 3, 5, 8)
     pairs = [(rotate_pairs, lambda x, th: rotate_pairs_complex(x, phasor(th)), 8),
-             (pool_rotated_pairs, lambda x, th: _pool(x, phasor(th)), 4)]
+             (pool_rotated_pairs, lambda x, th: pool_pairs(x, pool_weights(th)), 4)]
     for base in (qkv.permute(2, 0, 3, 1, 4)[1], odd):
         for reference, fast, width in pairs:
             x_ref = base.detach().clone().requires_grad_()
@@ -225,6 +225,26 @@ def test_complex_rotation_matches_reference_values_and_gradients(dtype):
             (out * gy).sum().backward()
             torch.testing.assert_close(x_fast.grad, x_ref.grad)
             torch.testing.assert_close(th_fast.grad, th_ref.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fstripe1_cos_sin_pool_matches_reference_values_and_gradients(dtype):
+    from stripes.pe.fstripe1 import cos_sin_pool, cos_sin_pool_reference
+
+    g = torch.Generator().manual_seed(4)
+    qkv = torch.randn(2, 5, 3, 3, 8, generator=g, dtype=dtype)
+    x_ref = qkv.permute(2, 0, 3, 1, 4)[1].detach().requires_grad_()  # strided head view, as in the model
+    x_fast = qkv.detach().clone().permute(2, 0, 3, 1, 4)[1].requires_grad_()
+    th_ref = (torch.rand(2, 3, 5, 8, generator=g, dtype=dtype) * 9).requires_grad_()
+    th_fast = th_ref.detach().clone().requires_grad_()
+    gy = torch.randn(2, 3, 5, 2, generator=g, dtype=dtype)
+    ref = cos_sin_pool_reference(x_ref, torch.cos(th_ref), torch.sin(th_ref))
+    out = cos_sin_pool(x_fast, th_fast, torch.stack([torch.cos(th_fast), torch.sin(th_fast)], -2))
+    torch.testing.assert_close(out, ref)
+    (ref * gy).sum().backward()
+    (out * gy).sum().backward()
+    torch.testing.assert_close(x_fast.grad, x_ref.grad)
+    torch.testing.assert_close(th_fast.grad, th_ref.grad)
 
 
 def test_spe_phase_folded_into_noise_equals_phased_query_features():
