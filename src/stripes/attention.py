@@ -186,20 +186,23 @@ def _masked_blocks(q: Tensor, k: Tensor, c: int) -> Tensor:
 
 
 def _chunk_numerator(q: Tensor, k: Tensor, v: Tensor, c: int, a: Tensor | None = None,
-                     reverse: bool = False) -> tuple[Tensor, Tensor]:
+                     reverse: bool = False, scanned: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """out_m = sum_{n<=m} (q_m.k_n) v_n (n>=m when reverse) on (N, T, ·) tensors, T % c == 0, all
     chunks at once: intra-chunk a @ v with a = tril(q k^T) per chunk (given, or computed),
-    inter-chunk q @ (exclusive prefix sum of the chunk states k^T v). Returns (out, a); with
-    ``reverse`` a must be given and is used transposed (the anti-causal sum).
+    inter-chunk q @ (exclusive prefix sum of the chunk states k^T v; given as ``scanned``
+    (N * T / c, d_k, d_v) when the caller already has it, or computed). Returns (out, a, scanned);
+    with ``reverse`` a must be given and is used transposed (the anti-causal sum).
     """
     n, t, _ = q.shape
     qc, kc, vc = (x.view(n * (t // c), c, x.shape[-1]) for x in (q, k, v))
     if a is None:
         a = _masked_blocks(q, k, c)
     out = torch.bmm(a.transpose(1, 2) if reverse else a, vc)
-    states = torch.bmm(kc.transpose(1, 2), vc).view(n, t // c, k.shape[-1], v.shape[-1])
-    out.baddbmm_(qc, _exclusive_scan(states, reverse).view(-1, k.shape[-1], v.shape[-1]))
-    return out.view(n, t, v.shape[-1]), a
+    if scanned is None:
+        states = torch.bmm(kc.transpose(1, 2), vc).view(n, t // c, k.shape[-1], v.shape[-1])
+        scanned = _exclusive_scan(states, reverse).view(-1, k.shape[-1], v.shape[-1])
+    out.baddbmm_(qc, scanned)
+    return out.view(n, t, v.shape[-1]), a, scanned
 
 
 class _ChunkedCausalLinearAttention(torch.autograd.Function):
@@ -211,9 +214,12 @@ class _ChunkedCausalLinearAttention(torch.autograd.Function):
     d v_n = sum_{m>=n} (k_n.q_m) g_m. Each is one batched product per term over all
     (batch, head, chunk) blocks instead of a loop over chunks. The forward's masked blocks
     tril(phi_q phi_k^T) are kept for d v (transposed), and the blocks tril(g' v'^T) of d phi_q are
-    reused, transposed, by d phi_k: 14 batched block products per layer and step where a
+    reused, transposed, by d phi_k. The chunk-state prefix sums are shared the same way: d phi_q's
+    are the forward's transposed (sum v'^T phi_k = (sum phi_k^T v')^T), and d v's are the first
+    D_v rows of d phi_k's, transposed. 12 batched block products per layer and step where a
     separate numerator per gradient takes 16.
-    Saved: the inputs, (y, den) and one (T x chunk) block per (batch, head); nothing O(T m_f D).
+    Saved: the inputs, (y, den), one (T x chunk) block and the forward's state prefix sums
+    (T / chunk x m_f x (D_v + 1)) per (batch, head); nothing O(T m_f D).
     T is zero-padded to a multiple of the chunk (padded keys add nothing; padded rows are cut).
     """
 
@@ -230,19 +236,19 @@ class _ChunkedCausalLinearAttention(torch.autograd.Function):
         vp4[..., :t, dv] = 1.0
         if tp > t:
             vp4[..., t:, :] = 0.0
-        num, a = _chunk_numerator(q, k, vp, c)
+        num, a, s_fwd = _chunk_numerator(q, k, vp, c)
         num = num.view(*lead, tp, dv + 1)[..., :t, :]
         den = num[..., dv] + eps
         # (B,H,T,D) output laid out as (B,T,H,D): merging the heads afterwards is then a view
         y = v.new_empty(lead[0], t, lead[1], dv).transpose(1, 2) if len(lead) == 2 else v.new_empty(*lead, t, dv)
         torch.div(num[..., :dv], den.unsqueeze(-1), out=y)
-        ctx.save_for_backward(q, k, vp, a, y, den)
+        ctx.save_for_backward(q, k, vp, a, s_fwd, y, den)
         ctx.shape = (lead, t, tp, c)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        q, k, vp, a, y, den = ctx.saved_tensors
+        q, k, vp, a, s_fwd, y, den = ctx.saved_tensors
         lead, t, tp, c = ctx.shape
         n, dv = vp.shape[0], vp.shape[-1] - 1
         gp = vp.new_empty(n, tp, dv + 1)
@@ -259,16 +265,18 @@ class _ChunkedCausalLinearAttention(torch.autograd.Function):
         def cut(g):
             return g.view(*lead, tp, g.shape[-1])[..., :t, :]
 
-        a1 = None
+        a1 = s_rev = None
         if ctx.needs_input_grad[0]:
-            g_q, a1 = _chunk_numerator(gp, vp, k, c)
+            g_q, a1, _ = _chunk_numerator(gp, vp, k, c, scanned=s_fwd.transpose(1, 2))
             g_q = cut(g_q)
         if ctx.needs_input_grad[1]:
             if a1 is None:
                 a1 = _masked_blocks(gp, vp, c)
-            g_k = cut(_chunk_numerator(vp, gp, q, c, a=a1, reverse=True)[0])
+            g_k, _, s_rev = _chunk_numerator(vp, gp, q, c, a=a1, reverse=True)
+            g_k = cut(g_k)
         if ctx.needs_input_grad[2]:
-            g_v = cut(_chunk_numerator(k, q, gp[..., :dv], c, a=a, reverse=True)[0])
+            s_v = None if s_rev is None else s_rev[:, :dv].transpose(1, 2)
+            g_v = cut(_chunk_numerator(k, q, gp[..., :dv], c, a=a, reverse=True, scanned=s_v)[0])
         if ctx.needs_input_grad[3]:
             g_eps = g_den
         return g_q, g_k, g_v, g_eps, None
