@@ -209,3 +209,21 @@ def test_feature_map_gradient_stays_finite_when_epsilon_overflows():
     assert torch.isfinite(y).all()
     for grad in torch.autograd.grad(y.square().sum(), (q, k, v)):
         assert torch.isfinite(grad).all()
+
+
+def test_half_sq_norm_values_and_gradient():
+    from stripes.attention import _half_sq_norm
+
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    out = _half_sq_norm(x.transpose(1, 2), 16)
+    ref = (x_ref.transpose(1, 2) ** 2).sum(-1, keepdim=True) / (2 * math.sqrt(4)) + math.log(16) / 2
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    (out * g).sum().backward()
+    (ref * g).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    # a zero row: the norm's own gradient would divide by 0 there
+    z = torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)
+    _half_sq_norm(z, 16).sum().backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))

@@ -35,10 +35,24 @@ def draw_orthogonal_features(
     return omega * norms.unsqueeze(0)
 
 
+class _SqNorm(torch.autograd.Function):
+    """|x|^2 over the last dim, (..., 1): one fused pass forward, backward 2 g x in one product
+    (autograd's norm().square() backward divides by the norm and masks its zeros)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return x * (2 * g)
+
+
 def _half_sq_norm(x: Tensor, m_f: int) -> Tensor:
     """|x|^2 / (2 sqrt D) + log(m_f) / 2, (..., 1): the per-row FAVOR+ exponent offset."""
-    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() * (0.5 / math.sqrt(x.shape[-1])) \
-        + 0.5 * math.log(m_f)
+    return _SqNorm.apply(x) * (0.5 / math.sqrt(x.shape[-1])) + 0.5 * math.log(m_f)
 
 
 def favor_features(x: Tensor, omega: Tensor, stabilize: bool = False) -> tuple[Tensor, Tensor | None]:
