@@ -201,7 +201,7 @@ def test_ape_adds_vaswani_table():
 # ------------------------------------------- fast complex rotations against the reference forms
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_complex_rotation_matches_reference_values_and_gradients(dtype):
-    from stripes.pe.rope import phasor, rotate_pairs, rotate_pairs_complex
+    from stripes.pe.rope import phasor, rotate, rotate_pairs
     from stripes.pe.ropepool import pool_pairs, pool_rotated_pairs, pool_weights
 
     g = torch.Generator().manual_seed(0)
@@ -209,7 +209,7 @@ def test_complex_rotation_matches_reference_values_and_gradients(dtype):
     # view at an odd storage offset, which cannot be reinterpreted as complex without a copy
     qkv = torch.randn(2, 5, 3, 3, 8, generator=g, dtype=dtype)
     odd = torch.randn(2 * 3 * 5 * 8 + 1, generator=g, dtype=dtype)[1:].view(2, 3, 5, 8)
-    pairs = [(rotate_pairs, lambda x, th: rotate_pairs_complex(x, phasor(th)), 8),
+    pairs = [(rotate_pairs, lambda x, th: rotate(x, th, phasor(th)), 8),
              (pool_rotated_pairs, lambda x, th: pool_pairs(x, pool_weights(th)), 4)]
     for base in (qkv.permute(2, 0, 3, 1, 4)[1], odd):
         for reference, fast, width in pairs:

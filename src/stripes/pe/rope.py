@@ -86,18 +86,44 @@ def as_complex_pairs(x: Tensor) -> Tensor:
     return torch.view_as_complex(pairs)
 
 
-def rotate_pairs_complex(x: Tensor, rot: Tensor) -> Tensor:
-    """``rotate_pairs(x, rot.real, rot.imag)`` as one complex multiply; rot = phasor(theta).
+class _RotatePairs(torch.autograd.Function):
+    """``rotate_pairs`` as one complex multiply by rot = exp(i theta), given without a graph.
 
-    The fast path: one elementwise pass forward and one backward (conj(rot)), where the reference
-    takes seven strided passes plus a stack; tests compare the two.
+    Backward: d x = g exp(-i theta) (one complex multiply) and, when theta needs it,
+    d theta_d = g_{2d} out_{2d-1} - g_{2d-1} out_{2d} (d out / d theta = i out) in two real passes,
+    so no complex gradient of rot is written, summed over the four uses per step and sent back
+    through cos and sin.
     """
-    z = as_complex_pairs(x)
-    return torch.view_as_real(z * rot.to(z.dtype)).flatten(-2).to(x.dtype)
+
+    @staticmethod
+    def forward(ctx, x, theta, rot):
+        z = as_complex_pairs(x)
+        out = torch.view_as_real(z * rot.to(z.dtype)).flatten(-2).to(x.dtype)
+        ctx.save_for_backward(rot, out if ctx.needs_input_grad[1] else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        rot, out = ctx.saved_tensors
+        gx = g_theta = None
+        if ctx.needs_input_grad[0]:
+            gz = as_complex_pairs(g)
+            gx = torch.view_as_real(gz * rot.to(gz.dtype).conj()).flatten(-2).to(g.dtype)
+        if ctx.needs_input_grad[1]:
+            o, gp = out.unflatten(-1, (-1, 2)), g.unflatten(-1, (-1, 2))
+            g_theta = torch.mul(gp[..., 1], o[..., 0])
+            g_theta.addcmul_(gp[..., 0], o[..., 1], value=-1)
+        return gx, g_theta, None
+
+
+def rotate(x: Tensor, theta: Tensor, rot: Tensor) -> Tensor:
+    """``rotate_pairs(x, cos theta, sin theta)``, the fast path; rot = ``phasor(theta)`` (its graph,
+    if any, is not used: the gradient reaches theta directly). Tests compare it with the reference."""
+    return _RotatePairs.apply(x, theta, rot.detach())
 
 
 class _RotaryPE(PositionalEncoding):
-    """Shared machinery: angles computed once per forward (code = exp(i theta), complex (B,H,T,D/2))."""
+    """Shared machinery: angles computed once per forward (code = (theta, exp(i theta)), (B,H,T,D/2))."""
 
     target = "qk"
     attention = "linear"
@@ -112,7 +138,9 @@ class _RotaryPE(PositionalEncoding):
 
     def prepare(self, pos):
         with full_precision(pos):
-            return phasor(self.angles(pos))
+            theta = self.angles(pos)
+            with torch.no_grad():
+                return theta, phasor(theta)
 
 
 class RoPE(_RotaryPE):
@@ -128,4 +156,5 @@ class RoPE(_RotaryPE):
                          share_layers=share_layers, **structural)
 
     def transform_qk(self, q, k, code, layer):
-        return rotate_pairs_complex(q, code), rotate_pairs_complex(k, code)
+        theta, rot = code
+        return rotate(q, theta, rot), rotate(k, theta, rot)
