@@ -267,14 +267,33 @@ def test_spe_phase_folded_into_noise_equals_phased_query_features():
     torch.testing.assert_close(kh, torch.einsum("bhtd,bhtdr->bhtr", k, kbar))
 
 
-@pytest.mark.parametrize("b,t,L,rows,shared_pos", [(2, 7, 1, 3, False), (3, 9, 2, 100, False), (3, 5, 3, 2, True)])
-def test_sine_mix_matches_reference(b, t, L, rows, shared_pos):
+def test_gated_spe_equals_gating_q_and_k_twice():
+    """The gate on the noise ([sqrt(1-g) Z; sqrt(g) U] against [Omega; 1]) equals the SPE form
+    sum_d sqrt(1-g_d) q_d Qbar_d + sqrt(g_d) q_d U_d, per layer."""
+    pe = _make(SineSPE, L=1, realizations=3, num_sines=2, gated=True)
+    pos = _pos()
+    code = pe.prepare(pos)
+    qbar, kbar = pe.realisations(code)
+    q, k = _qk()
+    for layer in range(2):
+        gate = torch.sigmoid(pe.gate[layer])[:, None]  # (H,1,D)
+        a, b = (1 - gate).sqrt(), gate.sqrt()
+        qh, kh = pe.transform_qk(q, k, code, layer)
+        for x, xbar, out in ((q, qbar, qh), (k, kbar, kh)):
+            ref = torch.einsum("bhtd,bhtdr->bhtr", x * a, xbar) + torch.einsum("bhtd,hdr->bhtr", x * b, code.u)
+            torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("b,t,L,rows,shared_pos,ones", [(2, 7, 1, 3, False, False), (3, 9, 2, 100, False, True),
+                                                        (3, 5, 3, 2, True, True)])
+def test_sine_mix_matches_reference(b, t, L, rows, shared_pos, ones):
     """The blocked sine_mix against plain autograd through sine_features: values and the gradients
-    of x (a strided view, as in the model), z and freq (whose gradient sine_mix forms itself)."""
+    of x (a strided view, as in the model), z and freq (whose gradient sine_mix forms itself);
+    ``ones``: feats carry the gated SPE's extra row of ones."""
     g = torch.Generator().manual_seed(3)
     k, r = 3, 5
     qkv = torch.randn(b, t, 3, H, D, generator=g, dtype=torch.float64, requires_grad=True)
-    z = torch.randn(H, 2 * k * D, r, generator=g, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(H, (2 * k + ones) * D, r, generator=g, dtype=torch.float64, requires_grad=True)
     logit = torch.randn(H, D, k, L, generator=g, dtype=torch.float64, requires_grad=True)
     pos = torch.randint(0, 30, (1 if shared_pos else b, t, L), generator=g).double()
     gy = torch.randn(b, H, t, r, generator=g, dtype=torch.float64)
@@ -283,10 +302,13 @@ def test_sine_mix_matches_reference(b, t, L, rows, shared_pos):
         qkv.grad = z.grad = logit.grad = None
         x = qkv[:, :, 1].transpose(1, 2)
         freq = torch.sigmoid(logit) / 2
+        feats = sine_features(pos, freq)
+        if ones:
+            feats = torch.cat([feats, torch.ones_like(feats[..., :1, :])], -2)
         if fast:
-            out = sine_mix(x, z, freq, sine_features(pos, freq).detach(), pos, rows)
+            out = sine_mix(x, z, freq, feats.detach(), pos, rows)
         else:
-            out = sine_mix_reference(x, sine_features(pos, freq), z)
+            out = sine_mix_reference(x, feats, z)
         (out * gy).sum().backward()
         results.append((out.detach(), qkv.grad, z.grad, logit.grad))
     for fast, ref in zip(*results[::-1]):

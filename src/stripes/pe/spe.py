@@ -58,10 +58,11 @@ class _GatedSPE(PositionalEncoding):
 class SineCode(NamedTuple):
     """sineSPE's per-forward code, shared by all layers.
 
-    feats (H,B',T,2K,D): [cos_1..cos_K, sin_1..sin_K] of 2 pi f.p, B' = 1 when every window has
-    the same positions (TIME), else B; computed without a graph (its gradient to ``freq`` is
-    formed by ``sine_mix``). freq (H,D,K,L) = sigmoid(w)/2; pos (B',T,L); zq, zk (H,2K*D,R) noise
-    in the feats order (the query phase folded into zq); u (H,D,R) gate noise.
+    feats (H,B',T,J,D): [cos_1..cos_K, sin_1..sin_K] of 2 pi f.p, then (gated) one row of ones,
+    J = 2K (+1); B' = 1 when every window has the same positions (TIME), else B; computed without
+    a graph (its gradient to ``freq`` is formed by ``sine_mix``). freq (H,D,K,L) = sigmoid(w)/2;
+    pos (B',T,L); zq, zk (H,2K*D,R) noise in the feats order (the query phase folded into zq);
+    u (H,D,R) gate noise. The gate enters per layer through the noise only (``transform_qk``).
     """
 
     feats: Tensor
@@ -90,7 +91,8 @@ def sine_mix_reference(x: Tensor, feats: Tensor, z: Tensor) -> Tensor:
 
 
 class _SineMix(torch.autograd.Function):
-    """``sine_mix_reference`` with feats = ``sine_features(pos, freq)``, block by block.
+    """``sine_mix_reference`` with feats = ``sine_features(pos, freq)`` (then any constant rows),
+    block by block.
 
     Each (head, window, block of ``rows`` frames) forms its (rows, J*D) product in a reused buffer
     that stays in cache, for one GEMM forward; backward recomputes it instead of saving it.
@@ -109,15 +111,14 @@ class _SineMix(torch.autograd.Function):
             p = torch.mul(x[bi, hi, s:e].unsqueeze(1), feats[hi, bi % feats.shape[1], s:e], out=buf[: e - s])
             torch.mm(p.view(e - s, -1), z[hi], out=out[bi, hi, s:e])
         ctx.save_for_backward(x, z, feats, pos)
-        ctx.rows = rows
+        ctx.rows, ctx.n_sines = rows, freq.shape[2]
         return out
 
     @staticmethod
     def backward(ctx, g):
         x, z, feats, pos = ctx.saved_tensors
         b, h, t, d = x.shape
-        j = feats.shape[-2]
-        k = j // 2
+        j, k = feats.shape[-2], ctx.n_sines
         need_x, need_z, need_f = ctx.needs_input_grad[:3]
         tc = min(ctx.rows, t)
         gp_buf, p_buf, ga_buf = x.new_empty(tc, j, d), x.new_empty(tc, j, d), x.new_empty(tc, k, d)
@@ -135,8 +136,8 @@ class _SineMix(torch.autograd.Function):
                 torch.sum(torch.mul(gp, fe, out=p_buf[:n]), 1, out=gx[bi, hi, s:e])
             if need_f:
                 gp.mul_(xe)  # d feats
-                ga = torch.mul(fe[:, :k], gp[:, k:], out=ga_buf[:n])
-                ga.addcmul_(fe[:, k:], gp[:, :k], value=-1)  # d angle
+                ga = torch.mul(fe[:, :k], gp[:, k : 2 * k], out=ga_buf[:n])
+                ga.addcmul_(fe[:, k : 2 * k], gp[:, :k], value=-1)  # d angle
                 gf[hi].addmm_(pos[bi % pos.shape[0], s:e].t(), ga.view(n, -1))
         if need_f:
             gf = (gf * (2 * math.pi)).view(h, -1, k, d).permute(0, 3, 2, 1)
@@ -151,8 +152,9 @@ def _blocks(h: int, b: int, t: int, rows: int):
 
 
 def sine_mix(x: Tensor, z: Tensor, freq: Tensor, feats: Tensor, pos: Tensor, rows: int = 1024) -> Tensor:
-    """Same value and gradients as ``sine_mix_reference(x, sine_features(pos, freq), z)`` (feats is
-    that tensor, given without a graph); memory beyond the output: three (rows, J, D) buffers."""
+    """Same value and gradients as ``sine_mix_reference(x, feats, z)`` with feats =
+    ``sine_features(pos, freq)``, then optionally constant rows (J > 2K), given without a graph;
+    memory beyond the output: three (rows, J, D) buffers."""
     return _SineMix.apply(x, z, freq, feats.detach(), pos, int(rows))
 
 
@@ -190,6 +192,8 @@ class SineSPE(_GatedSPE):
         freq = torch.sigmoid(self.freq_logit) / 2
         with torch.no_grad():
             feats = sine_features(pos, freq)
+            if self.gated:  # the gate's shared-noise term rides on a row of ones (transform_qk)
+                feats = torch.cat([feats, feats.new_ones(*feats.shape[:-2], 1, d)], -2)
         lam = F.softplus(self.gain_logit).unsqueeze(-1)  # (H,D,K,1)
         z, u = self._draw((h, d, k, 2, r), (h, d, r), like=feats)  # (cos, sin) noise pair per sine
         scale = (r * d) ** -0.25
@@ -205,14 +209,24 @@ class SineSPE(_GatedSPE):
 
     def realisations(self, code: SineCode) -> tuple[Tensor, Tensor]:
         """Qbar, Kbar (B',H,T,D,R) before gating: for tests and analysis (memory heavy)."""
-        h, j, d = code.feats.shape[0], code.feats.shape[-2], code.feats.shape[-1]
-        return tuple(torch.einsum("hbtjd,hjdr->bhtdr", code.feats, z.view(h, j, d, -1)) for z in (code.zq, code.zk))
+        h, j, d = code.feats.shape[0], 2 * self.num_sines, code.feats.shape[-1]
+        feats = code.feats[..., :j, :]
+        return tuple(torch.einsum("hbtjd,hjdr->bhtdr", feats, z.view(h, j, d, -1)) for z in (code.zq, code.zk))
 
     def transform_qk(self, q, k, code, layer):
+        """q^ = sum_d sqrt(1 - g_d) q_d Qbar_d + sqrt(g_d) q_d U_d (gated), K likewise.
+
+        The gate scales the noise, not q: [sqrt(1 - g) Z; sqrt(g) U] against the feature rows
+        [Omega; 1] is the same sum as gating q twice and adding the two mixes, with no extra
+        (B,H,T,D) passes.
+        """
         feats, freq, pos, zq, zk, u = (c.to(q.dtype) for c in code)
-        q, k, uq, uk = self._gate_terms(q, k, u, layer)
-        return (sine_mix(q, zq, freq, feats, pos, self.rows) + uq,
-                sine_mix(k, zk, freq, feats, pos, self.rows) + uk)
+        if self.gated:
+            h, d, r = u.shape
+            g = torch.sigmoid(self.gate[layer]).to(q.dtype).unsqueeze(-1)  # (H,D,1)
+            a, b = (1 - g).sqrt().unsqueeze(1), (g.sqrt() * u).unsqueeze(1)  # (H,1,D,1), (H,1,D,R)
+            zq, zk = (torch.cat([z.view(h, -1, d, r) * a, b], 1).view(h, -1, r) for z in (zq, zk))
+        return sine_mix(q, zq, freq, feats, pos, self.rows), sine_mix(k, zk, freq, feats, pos, self.rows)
 
 
 class ConvSPE(_GatedSPE):
