@@ -7,7 +7,10 @@ Two tables, each cell a fresh subprocess (so peak memory is that configuration's
 Peak memory: "tensors" = the peak of live tensor bytes during one step, from torch.profiler's
 allocation records (CPU) or max_memory_allocated (CUDA); "RSS" = the ru_maxrss growth of the worker
 (CPU only; includes allocator slack). Time: best (min) and median of --reps steps after a warm-up;
-the min is the less load-sensitive number on a shared machine.
+the min is the less load-sensitive number on a shared machine. On CPU the workers first call
+``stripes.device.keep_freed_memory()``, as ``stripes train`` and ``stripes evaluate`` do
+(``--no-keep-freed-memory`` measures without it: tensors above glibc's 32 MB mmap limit, e.g.
+at T=16384, are then unmapped and faulted in again every step).
 
   python benchmarks/bench_attention.py --batch 8 --lengths 256,1024,4096,16384
   python benchmarks/bench_attention.py --device cuda --pes nope,ropepool
@@ -69,6 +72,10 @@ def _worker(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    if dev.type == "cpu" and not args.no_keep_freed_memory:
+        from stripes.device import keep_freed_memory
+
+        keep_freed_memory()
     torch.manual_seed(0)
     b, t = args.batch, args.T
     if args.scope == "attention":
@@ -151,7 +158,8 @@ def _run(scope, kind, t, args) -> dict | str:
         return f"skipped: estimated {est:.1f} GB > --mem-limit-gb {args.mem_limit_gb}"
     cmd = [sys.executable, __file__, "--worker", "--scope", scope, "--kind", kind, "--T", str(t),
            "--batch", str(args.batch), "--device", args.device, "--reps", str(args.reps),
-           "--chunk", str(args.chunk), "--threads", str(args.threads)]
+           "--chunk", str(args.chunk), "--threads", str(args.threads)] \
+        + (["--no-keep-freed-memory"] if args.no_keep_freed_memory else [])
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -216,6 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=128)
     ap.add_argument("--mem-limit-gb", type=float, default=6.0, help="skip configurations estimated above this")
     ap.add_argument("--timeout", type=int, default=600, help="per configuration, seconds")
+    ap.add_argument("--no-keep-freed-memory", action="store_true",
+                    help="CPU: leave glibc's malloc settings alone (see stripes.device.keep_freed_memory)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--scope", default="model", help=argparse.SUPPRESS)
     ap.add_argument("--kind", help=argparse.SUPPRESS)
@@ -231,7 +241,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     info = _machine(args.device)
     print("# bench_attention: fwd+bwd step time and peak memory, one fresh subprocess per cell")
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()) + f", batch={args.batch}, chunk={args.chunk}")
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()) + f", batch={args.batch}, chunk={args.chunk}"
+          + f", keep freed memory={args.device == 'cpu' and not args.no_keep_freed_memory}")
     results = {}
     for scope, kinds in (("attention", [k for k in args.attention.split(",") if k]),
                          ("model", [k for k in args.pes.split(",") if k])):
