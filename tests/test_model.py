@@ -163,15 +163,29 @@ def test_autocast_keeps_positions_in_full_precision(name):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
+def _device_outputs_and_grads(model, x, pos, device):
+    """Eval-mode output and parameter gradients of y.square().mean() on ``device`` (float64)."""
+    model.to(device).zero_grad()
+    y = model(x.to(device), pos.to(device))
+    y.square().mean().backward()
+    return y.detach().cpu(), {n: p.grad.detach().cpu() for n, p in model.named_parameters() if p.grad is not None}
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("name,context", [("ropepool", "bin"), ("fstripe", "mcp"), ("s_srpe", "mcp")])
+@pytest.mark.parametrize("name,context", [("ropepool", "bin"), ("rope_c", "bin"), ("fstripe1", "bin"), ("spe", "time"),
+                                          ("fstripe", "mcp"), ("s_srpe", "mcp")])
 def test_cuda_matches_cpu_and_autocast(name, context):
+    # eval mode: FAVOR+ and SPE noise are fixed draws, so both devices compute the same function;
+    # the gradients cover the PEs' custom autograd ops on CUDA
     ctx = CONTEXTS[context]
     model = _model(name, ctx).eval()
     x, pos = torch.randn(2, T, SMALL["d_in"], dtype=torch.float64), _positions(ctx)
-    y_cpu = model(x, pos)
-    model.cuda()
-    torch.testing.assert_close(model(x.cuda(), pos.cuda()).cpu(), y_cpu, atol=1e-8, rtol=1e-6)
+    y_cpu, g_cpu = _device_outputs_and_grads(model, x, pos, "cpu")
+    y_gpu, g_gpu = _device_outputs_and_grads(model, x, pos, "cuda")
+    torch.testing.assert_close(y_gpu, y_cpu, atol=1e-8, rtol=1e-6)
+    assert g_gpu.keys() == g_cpu.keys()
+    for n in g_cpu:
+        torch.testing.assert_close(g_gpu[n], g_cpu[n], atol=1e-8, rtol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
     model.float()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert torch.isfinite(model(x.float().cuda(), pos.float().cuda())).all()
