@@ -44,12 +44,16 @@ class _GatedSPE(PositionalEncoding):
         gen = None if self.training else torch.Generator().manual_seed(self.seed)
         return [torch.randn(*s, generator=gen).to(device=like.device, dtype=like.dtype) for s in shapes]
 
+    def _gate_scales(self, layer: int, dtype) -> tuple[Tensor, Tensor]:
+        """(sqrt(1 - g), sqrt(g)) (H,D) of layer ``layer``'s gate g = sigmoid(logit)."""
+        g = torch.sigmoid(self.gate[layer]).to(dtype)
+        return (1 - g).sqrt(), g.sqrt()
+
     def _gate_terms(self, q, k, u, layer):
         """(q * sqrt(1-g), k * sqrt(1-g), shared-noise part of q^, of k^)."""
         if not self.gated:
             return q, k, 0, 0
-        g = torch.sigmoid(self.gate[layer]).to(q.dtype).unsqueeze(1)  # (H,1,D)
-        a, b = (1 - g).sqrt(), g.sqrt()
+        a, b = (x.unsqueeze(1) for x in self._gate_scales(layer, q.dtype))  # (H,1,D)
         uq = torch.einsum("bhtd,hdr->bhtr", q * b, u)
         uk = torch.einsum("bhtd,hdr->bhtr", k * b, u)
         return q * a, k * a, uq, uk
@@ -223,8 +227,8 @@ class SineSPE(_GatedSPE):
         feats, freq, pos, zq, zk, u = (c.to(q.dtype) for c in code)
         if self.gated:
             h, d, r = u.shape
-            g = torch.sigmoid(self.gate[layer]).to(q.dtype).unsqueeze(-1)  # (H,D,1)
-            a, b = (1 - g).sqrt().unsqueeze(1), (g.sqrt() * u).unsqueeze(1)  # (H,1,D,1), (H,1,D,R)
+            a, b = self._gate_scales(layer, q.dtype)
+            a, b = a[:, None, :, None], (b.unsqueeze(-1) * u).unsqueeze(1)  # (H,1,D,1), (H,1,D,R)
             zq, zk = (torch.cat([z.view(h, -1, d, r) * a, b], 1).view(h, -1, r) for z in (zq, zk))
         return sine_mix(q, zq, freq, feats, pos, self.rows), sine_mix(k, zk, freq, feats, pos, self.rows)
 
