@@ -61,6 +61,38 @@ def test_smoke_overlay_keeps_every_row(full, registry):
     assert len(p_smoke.runs) == 29 * 2
 
 
+def test_quick_overlay_is_the_learning_scale_study(full, registry):
+    quick = sc.load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "quick.yaml")
+    plan = check(quick, registry)
+    assert quick["study"]["scale"] == "quick"
+    # only its own table (plus Table I, MI) is built; the paper's tables stay defined
+    assert plan.metric_tables == ["quick"] and set(plan.tables) == {"s26_table1", "quick"}
+    assert plan.pairs == [("fstripe1", "bin"), ("nope", "time"), ("rope_c", "bin"), ("rope_c", "time"),
+                          ("ropepool", "bin"), ("ropepool", "time")]
+    assert len(plan.runs) == 6 * 3 and all(v == [0, 1, 2] for v in plan.seeds.values())
+    # all 866 songs, every training window, the full test sets
+    assert quick["data"]["max_songs"] is None and quick["data"]["song_filter"] == "authors"
+    assert quick["train"]["max_train_windows"] is None and quick["train"]["max_val_windows"] is None
+    assert quick["eval"]["max_test_windows"] is None and quick["eval"]["max_val_windows"] is None
+    # the papers' lr grid, tuned on the selected validation score; warm-up reaches the peak
+    assert quick["tune"]["space"]["train.lr"]["choices"] == [1e-4, 5e-4, 1e-3]
+    assert quick["tune"]["objective"] == "val_selected"
+    assert quick["train"]["warmup_epochs"] < quick["train"]["epochs"]
+    rc = sc.resolve_run_config(quick, "ropepool", "bin", 0, "train", registry)
+    assert rc["model"]["d_model"] % rc["model"]["n_heads"] == 0
+
+
+def test_study_tables_selects_and_names_unknown_tables(full, registry):
+    cfg = copy.deepcopy(full)
+    cfg["study"]["tables"] = ["s26_table2"]
+    bad(cfg, registry, "study.mi_figure.table: unknown table 's26_table3' (not among study.tables)")
+    cfg["study"]["mi_figure"] = {"table": "s26_table2", "setting": "test_16"}
+    plan = check(cfg, registry)
+    assert plan.metric_tables == ["s26_table2"] and len(plan.pairs) == 12
+    cfg["study"]["tables"] = ["s26_table2", "table9"]
+    bad(cfg, registry, "study.tables: unknown table 'table9'")
+
+
 def test_unknown_pe(full, registry):
     cfg = copy.deepcopy(full)
     cfg["tables"]["s26_table2"]["rows"][0]["pes"].append("rope_z")

@@ -100,19 +100,107 @@ def test_metrics_json_contract(evaluated):
 
 
 @pytest.mark.data
-def test_selection_rule_on_validation_grid(evaluated):
+def test_selection_rules_on_validation_grid(evaluated):
     _, base, res = evaluated
     b = res["binarization"]
     grid = [{k: (v if k == "strategy" else float(v)) for k, v in r.items()}
             for r in csv.DictReader(open(base / "ev" / "binarization_grid.csv"))]
     assert len(grid) == 40 and b["n_val_windows"] == 3
+    # the primary rule (default: fixed) is the plain threshold 0.5
+    assert b["rule"] == "fixed" and (b["strategy"], b["threshold"], b["gap"]) == ("threshold", 0.5, 0)
+    fixed = next(g for g in grid if g["strategy"] == "threshold" and g["threshold"] == 0.5)
+    assert b["val_cs"] == pytest.approx(fixed["cs"])
+    # max_cs: highest CS, ties by GS, then grid order
     best_cs = max(g["cs"] for g in grid)
     top = [g for g in grid if round(g["cs"], 9) == round(best_cs, 9)]
     best_gs = max(g["gs"] for g in top)
     first = next(g for g in top if round(g["gs"], 9) == round(best_gs, 9))
-    assert (b["strategy"], b["threshold"], b["gap"]) == (first["strategy"], first["threshold"], first["gap"])
-    assert b["val_cs"] == pytest.approx(best_cs)
+    mc = res["selections"]["max_cs"]
+    assert (mc["strategy"], mc["threshold"], mc["gap"]) == (first["strategy"], first["threshold"], first["gap"])
+    assert mc["val_cs"] == pytest.approx(best_cs)
+    ms = res["selections"]["min_ssmd"]
+    assert ms["val_ssmd50"] == pytest.approx(min(g["ssmd50"] for g in grid))
+    sp = res["selections"]["max_cs_sparse"]
+    sparse = [g for g in grid if g["density_pred"] <= g["density_tgt"]]
+    if sparse:
+        assert sp["val_cs"] == pytest.approx(max(g["cs"] for g in sparse))
+    else:
+        assert sp["val_density_pred"] == pytest.approx(min(g["density_pred"] for g in grid))
     assert b["per_metric"]["ndd"]["value"] == pytest.approx(min(g["ndd"] for g in grid))
+    # every rule's test scores are recorded; the primary one is the test block itself
+    for rule in ("fixed", "max_cs", "min_ssmd", "max_cs_sparse"):
+        for setting in ("test_16", "test_64"):
+            assert res["selections"][rule][setting]["n_windows"] == res[setting]["n_windows"]
+    for setting in ("test_16", "test_64"):
+        assert res["selections"]["fixed"][setting] == res[setting]
+
+
+@pytest.mark.data
+def test_bce_density_and_flags_recomputed(evaluated):
+    cfg, base, res = evaluated
+    ck = T.load_checkpoint(base / "train" / "best.pt")
+    model = T.make_model(cfg)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    for bars in (16, 64):
+        ds = T.make_dataset(cfg, "test", bars, None)
+        x = torch.stack([torch.as_tensor(ds[i]["x"]) for i in range(len(ds))])
+        pos = torch.stack([torch.as_tensor(ds[i]["pos"]) for i in range(len(ds))])
+        y = torch.stack([torch.as_tensor(ds[i]["y"]) for i in range(len(ds))]).float()
+        with torch.no_grad():
+            logits = model(x, pos).double()
+        p = torch.sigmoid(logits)
+        # BCE by its definition, in float64 from the probabilities
+        bce = -(y * torch.log(p) + (1 - y) * torch.log1p(-p)).mean(dim=(1, 2)).numpy()
+        block = res[f"test_{bars}"]
+        rows = list(csv.DictReader(open(base / "ev" / f"windows_test_{bars}.csv")))
+        np.testing.assert_allclose([float(r["bce"]) for r in rows], bce, rtol=1e-4)
+        assert block["bce"] == pytest.approx(bce.mean(), rel=1e-4)
+        pred = p.numpy() >= 0.5
+        tgt = y.numpy() > 0.5
+        assert block["density_pred"] == pytest.approx(pred.sum() / (len(ds) * pred.shape[1]), rel=1e-6)
+        assert block["density_tgt"] == pytest.approx(tgt.sum() / (len(ds) * tgt.shape[1]), rel=1e-6)
+        assert block["mean_prob"] == pytest.approx(float(p.mean()), rel=1e-4)
+        assert block["flags"] == E.degenerate_flags(block["density_pred"], block["density_tgt"], 2.0)
+    assert res["flags"] == sorted({f for s in ("test_16", "test_64") for f in res[s]["flags"]})
+
+
+def test_degenerate_flags_exact():
+    assert E.degenerate_flags(0.0, 3.0, 2.0) == ["empty"]
+    assert E.degenerate_flags(6.0, 3.0, 2.0) == []  # exactly twice: not flagged
+    assert E.degenerate_flags(6.01, 3.0, 2.0) == ["dense"]
+    assert E.degenerate_flags(1.0, 3.0, 2.0) == []
+    assert E.degenerate_flags(None, 3.0, 2.0) == []
+
+
+def test_density_and_onsets_per_quarter_exact():
+    roll = np.zeros((1, 32, 128), dtype=bool)
+    roll[0, 0:4, 60] = True   # one note of 4 frames
+    roll[0, 8:24, 64] = True  # one note of 16 frames
+    roll[0, 8:10, 67] = True  # one note of 2 frames
+    assert E.density(roll).tolist() == [22 / 32]
+    assert E.onsets_per_quarter(roll).tolist() == [3 / 2]  # 3 onsets over 2 quarters
+
+
+def test_select_rule_exact():
+    grid = B.candidates([0.2, 0.5], [2], ["threshold", "merge"])
+    # grid order: thr 0.2, thr 0.5, merge 0.2/2, merge 0.5/2
+    scores = [
+        {"cs": 30.0, "gs": 50.0, "ssmd50": 20.0, "density_pred": 9.0, "density_tgt": 4.0},
+        {"cs": 20.0, "gs": 40.0, "ssmd50": 15.0, "density_pred": 3.0, "density_tgt": 4.0},
+        {"cs": 30.0, "gs": 60.0, "ssmd50": 25.0, "density_pred": 11.0, "density_tgt": 4.0},
+        {"cs": 22.0, "gs": 45.0, "ssmd50": 15.0, "density_pred": 4.0, "density_tgt": 4.0},
+    ]
+    assert B.select_rule("fixed", grid, scores, 0.5) == 1
+    assert B.select_rule("max_cs", grid, scores) == 2        # CS tie 30/30 broken by GS
+    assert B.select_rule("min_ssmd", grid, scores) == 3      # SSMD tie 15/15 broken by GS
+    assert B.select_rule("max_cs_sparse", grid, scores) == 3  # only 1 and 3 are no denser than the target
+    dense = [dict(s, density_pred=s["density_pred"] + 10) for s in scores]
+    assert B.select_rule("max_cs_sparse", grid, dense) == 1  # none sparse: the sparsest
+    with pytest.raises(ValueError, match="no plain threshold at 0.6"):
+        B.select_rule("fixed", grid, scores, 0.6)
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        B.select_rule("best", grid, scores)
 
 
 @pytest.mark.data
@@ -172,7 +260,7 @@ def test_missing_setting_reports_zero_windows(evaluated, tmp_path):
     cfg = {**cfg, "eval": {**cfg["eval"], "test_bars": [128], "s24_metrics": False, "n_samples": 0,
                            "max_val_windows": 1}}
     res = E.evaluate(cfg, base / "train" / "best.pt", tmp_path)
-    assert res["test_128"] == {**{k: None for k in M.METRIC_NAMES}, "n_windows": 0}
+    assert res["test_128"] == {**{k: None for k in M.METRIC_NAMES}, "n_windows": 0, "flags": []}
     assert json.loads((tmp_path / "metrics.json").read_text())["test_128"]["cs"] is None
 
 

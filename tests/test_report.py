@@ -16,11 +16,14 @@ SEEDS = [0, 1, 2, 3, 4]
 JITTER = np.array([-0.2, -0.1, 0.0, 0.1, 0.2])
 
 
-def write_metrics(root: Path, pe: str, ctx: str, seed: int, values: dict, settings=("test_16", "test_64")):
+def write_metrics(root: Path, pe: str, ctx: str, seed: int, values: dict, settings=("test_16", "test_64"),
+                  extra: dict | None = None):
+    """``extra``: setting -> keys added to that block (bce, flags, ...); without it, the old layout."""
     m = {}
     for s in settings:
         m[s] = {"cs": values["cs"], "ssmd50": values.get("ssmd", 14.0), "ssmd100": 2 * values.get("ssmd", 14.0),
-                "gs": values.get("gs", 20.0), "ndd": values.get("ndd", 90.0), "n_windows": 10}
+                "gs": values.get("gs", 20.0), "ndd": values.get("ndd", 90.0), "n_windows": 10,
+                **((extra or {}).get(s) or {})}
     p = root / pe / ctx / f"seed{seed}" / "metrics.json"
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(m))
@@ -111,9 +114,10 @@ def test_missing_cells_and_na(tmp_path):
     assert recs["d"]["cs_64_mean"] == "n/a" and recs["d"]["cs_16_mean"] != ""
     md = (tmp_path / "tables" / "t.md").read_text()
     b_line = next(line for line in md.splitlines() if line.startswith("| time | b |"))
-    assert b_line.count(report.MISSING) == 8 and not any(ch.isdigit() for ch in b_line.split("| b |")[1])
+    # 8 paper cells + 2 BCE cells (old metrics.json without bce)
+    assert b_line.count(report.MISSING) == 10 and not any(ch.isdigit() for ch in b_line.split("| b |")[1])
     d_line = next(line for line in md.splitlines() if line.startswith("| time | d |"))
-    assert d_line.count("n/a") == 4
+    assert d_line.count("n/a") == 5
     fails = read_csv(tmp_path / "tables" / "failures.csv")
     assert {(f["pe"], f["seed"]) for f in fails} == {("b", "3"), ("c", "0")}
     assert next(f for f in fails if f["pe"] == "c")["reason"] == "boom"
@@ -149,6 +153,9 @@ def test_best_of_selects_from_source_table_and_reference_diff(tmp_path):
     assert recs[0]["cs_16_mark"] == "*"  # 12 vs 8 vs 8
     md = (tmp_path / "tables" / "t3.md").read_text()
     assert "Published numbers" in md and "(Δ 7.50)" in md
+    # the paper has no BCE: its two columns stay empty in the comparison
+    published = md.split("Published numbers")[1]
+    assert _line(published, "| time | rope_c |").endswith("(Δ 7.50) | – | – | – | – | – | – | – |  |  |")
 
 
 def test_figure4_and_mi_table(tmp_path):
@@ -166,3 +173,137 @@ def test_figure4_and_mi_table(tmp_path):
     mi_rows = read_csv(tmp_path / "tables" / "mi.csv")
     assert [r["context"] for r in mi_rows] == ["bin", "time"]
     assert (tmp_path / "tables" / "mi.md").exists() and (tmp_path / "tables" / "mi.tex").exists()
+
+
+# ----------------------------------------------------------------------------- beyond the paper
+
+
+def _line(text: str, prefix: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_bce_column_exact_values_and_marks(tmp_path):
+    ev = tmp_path / "eval"
+    k = np.arange(5)
+    # time: CS ranks b > a > c while BCE (lower is better) ranks a < b < c -> a best on BCE, '*'
+    cs = {"a": 5.0, "b": 10.0, "c": 1.0}
+    bce = {"a": 0.050 + 0.001 * k, "b": 0.060 + 0.001 * k, "c": 0.070 + 0.001 * k}
+    # rep: a ~ b (not significant), a far below c -> '†'
+    rep = {"a": 0.100 + 0.03 * JITTER, "b": 0.101 + 0.03 * JITTER[::-1], "c": 0.200 + 0.01 * JITTER}
+    assert report.ttest_p(rep["a"], rep["b"]) >= 0.05 and report.ttest_p(rep["a"], rep["c"]) < 0.05
+    for pe in "abc":
+        for s in SEEDS:
+            write_metrics(ev, pe, "time", s, {"cs": cs[pe] + JITTER[s]},
+                          extra={"test_16": {"bce": float(bce[pe][s])}, "test_64": {"bce": float(bce[pe][s] + 0.1)}})
+            write_metrics(ev, pe, "rep", s, {"cs": 5.0 + JITTER[s]},
+                          extra={"test_16": {"bce": float(rep[pe][s])}, "test_64": {"bce": float(rep[pe][s])}})
+    rows = [row(p, c) for c in ("time", "rep") for p in "abc"]
+    report.aggregate(spec_for(tmp_path, {"t": table(rows, contexts=["time", "rep"])}), tmp_path)
+    recs = {(r["pe"], r["context"]): r for r in read_csv(tmp_path / "tables" / "t.csv")}
+    a = recs[("a", "time")]
+    assert (a["bce_16_mean"], a["bce_16_std"], a["bce_16_mark"], a["bce_16_best"], a["bce_16_n"]) == (
+        "0.052000", "0.001581", "*", "1", "5")  # std: sqrt(2.5e-6)
+    assert (a["bce_64_mean"], a["bce_64_std"], a["bce_64_mark"]) == ("0.152000", "0.001581", "*")
+    b = recs[("b", "time")]
+    assert (b["bce_16_mean"], b["bce_16_mark"], b["bce_16_best"]) == ("0.062000", "", "0")
+    assert b["cs_16_best"] == "1" and a["cs_16_best"] == "0"  # the directions differ
+    assert recs[("a", "rep")]["bce_16_mark"] == "†" and recs[("a", "rep")]["bce_16_mean"] == "0.100000"
+    assert recs[("c", "rep")]["bce_16_best"] == "0"
+    md = (tmp_path / "tables" / "t.md").read_text()
+    assert "| BCE↓ (16; nats/cell, not in the paper) | BCE↓ (64; nats/cell, not in the paper) |" in md
+    assert _line(md, "| time | a |").endswith("| **0.0520 ± 0.0016*** | **0.1520 ± 0.0016*** |")
+    assert _line(md, "| rep | a |").endswith("| **0.1000 ± 0.0047†** | **0.1000 ± 0.0047†** |")
+    tex = (tmp_path / "tables" / "t.tex").read_text()
+    assert "\\begin{tabular}{ll" + "c" * 10 + "}" in tex
+    assert "\\multicolumn{2}{c}{BCE$\\downarrow$ (nats/cell, not in the paper)} \\\\" in tex
+    # best of the table at 16 bars is time/a (0.052); at 64 bars rep/a (0.100 < 0.152)
+    assert _line(tex, "TIME & a &").endswith(
+        "& \\textbf{\\underline{0.0520$\\pm$0.0016}}$^{*}$ & \\underline{0.1520$\\pm$0.0016}$^{*}$ \\\\")
+    assert _line(tex, "REP & a &").endswith(
+        "& \\underline{0.1000$\\pm$0.0047}$^{\\dagger}$ & \\textbf{\\underline{0.1000$\\pm$0.0047}}$^{\\dagger}$ \\\\")
+
+
+def test_degenerate_marks_and_footnote(tmp_path):
+    ev = tmp_path / "eval"
+    seeds = [0, 1, 2]
+    for s in seeds:
+        # a: every seed dense at 16 bars; b: one empty and one dense seed at 64 bars, no flags key at 16
+        write_metrics(ev, "a", "time", s, {"cs": 10.0 + 0.1 * (s - 1)},
+                      extra={"test_16": {"bce": 0.1, "flags": ["dense"]}, "test_64": {"bce": 0.1, "flags": []}})
+        write_metrics(ev, "b", "time", s, {"cs": 5.0 + 0.1 * (s - 1)},
+                      extra={"test_16": {"bce": 0.2}, "test_64": {"bce": 0.2, "flags": {1: ["empty"], 2: ["dense"]}.get(s, [])}})
+    report.aggregate(spec_for(tmp_path, {"t": table([row("a", "time"), row("b", "time")], seeds=seeds)}), tmp_path)
+    recs = {r["pe"]: r for r in read_csv(tmp_path / "tables" / "t.csv")}
+    assert (recs["a"]["flags_16"], recs["a"]["flags_64"]) == ("dense:3/3", "")
+    assert (recs["b"]["flags_16"], recs["b"]["flags_64"]) == ("", "dense:1/3;empty:1/3")
+    md = (tmp_path / "tables" / "t.md").read_text()
+    a_line, b_line = _line(md, "| time | a |"), _line(md, "| time | b |")
+    # the four binarised metrics of the flagged setting; BCE is threshold-free and stays unmarked
+    assert a_line.count("<sup>d</sup>") == 4 and "| **10.00 ± 0.10***<sup>d</sup> |" in a_line
+    assert a_line.endswith("| **0.1000 ± 0.0000*** | **0.1000 ± 0.0000*** |")
+    assert b_line.count("<sup>de</sup>") == 4 and "| 5.00 ± 0.10<sup>de</sup> |" in b_line
+    assert "<sup>d</sup> dense: in at least one seed the selected binarised prediction is far denser than its target." in md
+    assert "<sup>e</sup> empty: in at least one seed the selected binarised prediction is empty." in md
+    tex = (tmp_path / "tables" / "t.tex").read_text()
+    assert "\\textbf{\\underline{10.00$\\pm$0.10}}$^{*,\\mathrm{d}}$" in _line(tex, "TIME & a &")
+    assert "& 5.00$\\pm$0.10$^{\\mathrm{de}}$ &" in _line(tex, "TIME & b &")
+    assert ("\\multicolumn{12}{l}{\\footnotesize $^{\\mathrm{e}}$ empty: in at least one seed the selected "
+            "binarised prediction is empty (seed counts: CSV flags\\_16, flags\\_64).} \\\\") in tex.splitlines()
+
+
+def test_old_metrics_json_without_new_keys_still_builds(tmp_path):
+    ev = tmp_path / "eval"
+    put(ev, "a", "time", 10 + JITTER)
+    put(ev, "b", "time", 5 + JITTER)
+    report.aggregate(spec_for(tmp_path, {"t": table([row("a", "time"), row("b", "time")])}), tmp_path)
+    with open(tmp_path / "tables" / "t.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    legacy = ["pe", "context"] + [f"{m}_{n}_{f}" for n in ("16", "64") for m in ("cs", "ssmd", "gs", "ndd")
+                                  for f in ("mean", "std", "mark", "best", "n", "paper", "paper_std", "paper_mark", "diff")]
+    new = [f"bce_{n}_{f}" for n in ("16", "64") for f in ("mean", "std", "mark", "best", "n")] + ["flags_16", "flags_64"]
+    assert header == legacy + ["selected_from"] + new
+    recs = {r["pe"]: r for r in read_csv(tmp_path / "tables" / "t.csv")}
+    assert recs["a"]["cs_16_mark"] == "*" and recs["a"]["cs_16_mean"] == "10.0000"
+    assert [recs["a"][c] for c in new] == ["", "", "", "0", "0"] * 2 + ["", ""]
+    md = (tmp_path / "tables" / "t.md").read_text()
+    assert _line(md, "| time | a |").endswith(f"| {report.MISSING} | {report.MISSING} |")
+    assert "<sup>" not in md
+    tex = (tmp_path / "tables" / "t.tex").read_text()
+    assert "\\mathrm{d}" not in tex and _line(tex, "TIME & a &").endswith("& -- & -- \\\\")
+
+
+@pytest.mark.parametrize("scale, note", [
+    ("smoke", "smoke scale: these numbers test the wiring, not the PEs"),
+    ("quick", "quick scale: a learning-scale check, not the paper's scale"),
+    ("full", None),
+    (None, None),  # a spec written before the key existed
+])
+def test_scale_caption(tmp_path, scale, note):
+    put(tmp_path / "eval", "a", "time", 10 + JITTER)
+    spec = spec_for(tmp_path, {"t": table([row("a", "time")])})
+    if scale is not None:
+        spec["scale"] = scale
+    report.aggregate(spec, tmp_path)
+    md = (tmp_path / "tables" / "t.md").read_text().splitlines()
+    tex = (tmp_path / "tables" / "t.tex").read_text().splitlines()
+    if note is None:
+        assert md[0] == "## t" and tex[0] == "% generated by stripes.report; t"
+        assert not any("scale" in line for line in md + tex)
+    else:
+        assert md[0] == f"## t ({note})" and md[2] == f"**{note[0].upper()}{note[1:]}.**"
+        assert tex[0] == f"% generated by stripes.report; t ({note})"
+        assert f"\\multicolumn{{12}}{{l}}{{\\footnotesize \\textbf{{{note[0].upper()}{note[1:]}.}}}} \\\\" in tex
+
+
+def test_report_spec_carries_the_scale():
+    from stripes.config import ConfigError, load_config, report_spec, validate_schema
+
+    root = Path(__file__).resolve().parents[1]
+    base = load_config(root / "config" / "config.yaml")
+    assert report_spec(base)["scale"] == "full"
+    assert report_spec(load_config(root / "config" / "config.yaml", root / "config" / "smoke.yaml"))["scale"] == "smoke"
+    del base["study"]["scale"]
+    assert report_spec(base)["scale"] == "full"
+    base["study"]["scale"] = "huge"
+    with pytest.raises(ConfigError, match="study.scale"):
+        validate_schema(base)

@@ -26,15 +26,58 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------------------- pure pieces
 
 
-def test_lr_factor_chains_warmup_and_steplr():
-    f = T.LRFactor(steps_per_epoch=10, warmup_epochs=3, gamma=0.5)
-    # warm-up over 30 steps: (s+1)/30, multiplied by gamma**epoch
-    assert f(0) == pytest.approx(1 / 30)
-    assert f(9) == pytest.approx(10 / 30)
-    assert f(10) == pytest.approx(11 / 30 * 0.5)
-    assert f(29) == pytest.approx(1.0 * 0.25)
-    assert f(30) == pytest.approx(0.125)  # warm-up over, epoch 3
-    assert T.LRFactor(10, 0, 0.85)(0) == 1.0  # no warm-up
+def test_lr_factor_warmup_reaches_peak_then_steplr_from_peak():
+    # spe 4, warm-up 2 epochs (S_w = 8): the ramp ignores the decay and ends at the peak on step 7;
+    # the first decay is the end of epoch 1 (the epoch of the last warm-up step), as in [S24]
+    f = T.LRFactor(steps_per_epoch=4, warmup_epochs=2, gamma=0.5)
+    assert [f(s) for s in range(16)] == [
+        0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0,
+        0.5, 0.5, 0.5, 0.5,
+        0.25, 0.25, 0.25, 0.25,
+    ]
+
+
+def test_lr_factor_without_warmup_is_steplr():
+    f = T.LRFactor(steps_per_epoch=4, warmup_epochs=0, gamma=0.5)
+    assert [f(s) for s in range(16)] == [1.0] * 4 + [0.5] * 4 + [0.25] * 4 + [0.125] * 4
+
+
+def test_lr_factor_partial_epoch_warmup_holds_peak_to_epoch_end():
+    # S_w = 6 ends inside epoch 1: the peak is kept for the rest of that epoch, then decays
+    f = T.LRFactor(steps_per_epoch=4, warmup_epochs=1.5, gamma=0.5)
+    assert [f(s) for s in range(12)] == [1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5]
+    # warm-up within the first epoch (the smoke config's 0.5): the decay counts from epoch 0
+    g = T.LRFactor(steps_per_epoch=4, warmup_epochs=0.5, gamma=0.5)
+    assert [g(s) for s in range(8)] == [0.5, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5]
+
+
+def test_lr_factor_default_schedule_reaches_the_peak():
+    # the defaults (3 warm-up epochs, gamma 0.85): the last warm-up step is at the peak (the
+    # chained form gave 0.85**2 = 0.7225 there), the next epoch at 0.85
+    f = T.LRFactor(steps_per_epoch=100, warmup_epochs=3, gamma=0.85)
+    assert f(299) == 1.0
+    assert f(300) == 0.85
+    assert f(1499) == 0.85**12
+
+
+def test_lr_factor_state_roundtrips_through_lambdalr():
+    # last.pt stores LambdaLR.state_dict(), which holds the factor's __dict__
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    a = torch.optim.lr_scheduler.LambdaLR(opt, T.LRFactor(4, 2, 0.5))
+    for _ in range(9):
+        opt.step()
+        a.step()
+    state = a.state_dict()
+    assert state["lr_lambdas"] == [{"spe": 4, "warmup_steps": 8, "gamma": 0.5}]
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    b = torch.optim.lr_scheduler.LambdaLR(opt2, T.LRFactor(4, 2, 0.5))
+    b.load_state_dict(state)
+    assert b.last_epoch == 9 and b.get_last_lr() == [1.0]
+    for sched, o in ((a, opt), (b, opt2)):
+        for _ in range(3):  # into epoch 3: 2.0 * 0.5**(3 - 1)
+            o.step()
+            sched.step()
+    assert a.get_last_lr() == b.get_last_lr() == [0.5]
 
 
 def test_curriculum_length():
@@ -136,7 +179,7 @@ def test_end_to_end_outputs(reference_run):
     assert list(rows[0]) == T.CURVE_FIELDS
     # the loss goes down on these few steps (the model learns something at all)
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
-    # lr follows the chained schedule: lr of the update that ended at step 2 is that of step 1
+    # lr follows LRFactor: lr of the update that ended at step 2 is that of step 1
     assert rows[0]["lr"] == pytest.approx(2e-3 * T.LRFactor(4, 1, 0.85)(1))
     assert rows[-1]["lr"] == pytest.approx(2e-3 * 0.85**3)
     # checkpoints load with weights_only=True and hold everything needed to resume

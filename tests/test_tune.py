@@ -13,6 +13,7 @@ from stripes import tune
 from stripes.config import stable_seed
 
 GRID = {"train.lr": {"type": "categorical", "choices": [1e-4, 5e-4, 1e-3]}}
+LOSS = {"objective": "best_val_loss"}  # the fake objectives below are losses (minimised)
 
 
 def fake_objective(trial: optuna.Trial) -> float:
@@ -41,7 +42,7 @@ def test_stable_seed_is_stable_and_distinct():
 
 
 def test_grid_default_is_paper_lr_grid_and_outputs(tmp_path):
-    res = tune.run_study(base_cfg(), {}, "rope_c", "bin", tmp_path, objective=fake_objective)
+    res = tune.run_study(base_cfg(), LOSS, "rope_c", "bin", tmp_path, objective=fake_objective)
     assert res["params"] == {"train.lr": 5e-4}
     assert res["n_trials"] == 3 and res["sampler"] == "grid"
     assert (tmp_path / "study.journal").exists()
@@ -53,7 +54,7 @@ def test_grid_default_is_paper_lr_grid_and_outputs(tmp_path):
 
 
 def test_same_best_on_rerun_tpe(tmp_path):
-    spec = {"sampler": "tpe", "n_trials": 8, "space": {
+    spec = {**LOSS, "sampler": "tpe", "n_trials": 8, "space": {
         "train.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
         "model.dropout": {"type": "float", "low": 0.0, "high": 0.3}}}
     a = tune.run_study(base_cfg(), spec, "rope_c", "bin", tmp_path / "a", objective=tpe_objective)
@@ -73,20 +74,20 @@ def test_resume_runs_only_missing_trials(tmp_path):
         return fake_objective(trial)
 
     with pytest.raises(KeyboardInterrupt):
-        tune.run_study(base_cfg(), {}, "rope_c", "bin", tmp_path, objective=flaky)
+        tune.run_study(base_cfg(), LOSS, "rope_c", "bin", tmp_path, objective=flaky)
     assert not (tmp_path / "best.json").exists()
     calls.clear()
-    res = tune.run_study(base_cfg(), {}, "rope_c", "bin", tmp_path, objective=fake_objective_counting(calls))
+    res = tune.run_study(base_cfg(), LOSS, "rope_c", "bin", tmp_path, objective=fake_objective_counting(calls))
     assert len(calls) == 2  # 1 finished before the kill; 2 missing (the killed one is redone)
     assert res["resumed_with"] == 1 and res["params"] == {"train.lr": 5e-4}
     # a finished study is not rerun
     calls.clear()
-    tune.run_study(base_cfg(), {}, "rope_c", "bin", tmp_path, objective=fake_objective_counting(calls))
+    tune.run_study(base_cfg(), LOSS, "rope_c", "bin", tmp_path, objective=fake_objective_counting(calls))
     assert calls == []
     # a changed config starts afresh
     cfg = base_cfg()
     cfg["train"]["epochs"] = 3
-    tune.run_study(cfg, {}, "rope_c", "bin", tmp_path, objective=fake_objective_counting(calls))
+    tune.run_study(cfg, LOSS, "rope_c", "bin", tmp_path, objective=fake_objective_counting(calls))
     assert len(calls) == 3
 
 
@@ -113,7 +114,7 @@ def test_pruning_through_the_training_callback(tmp_path, monkeypatch):
     fake.train = FakeTrain()
     monkeypatch.setitem(sys.modules, "stripes.train", fake)
     monkeypatch.setattr(stripes, "train", fake, raising=False)
-    spec = {"sampler": "grid", "space": {"train.lr": {"type": "categorical", "choices": [1e-4, 1e-3, 2e-3, 3e-3]}},
+    spec = {**LOSS, "sampler": "grid", "space": {"train.lr": {"type": "categorical", "choices": [1e-4, 1e-3, 2e-3, 3e-3]}},
             "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 1, "interval_steps": 1}}
     res = tune.run_study(base_cfg(), spec, "rope_c", "bin", tmp_path)
     study = optuna.load_study(study_name="rope_c.bin", storage=optuna.storages.JournalStorage(
@@ -122,6 +123,86 @@ def test_pruning_through_the_training_callback(tmp_path, monkeypatch):
     assert optuna.trial.TrialState.PRUNED in states
     assert res["params"] == {"train.lr": 1e-4}
     assert res["value"] == pytest.approx(1.0 + 0.1 - 0.05)  # best_val_loss = min over validations
+
+
+def _fake_train_and_selection(monkeypatch, val_cs, calls=None):
+    """stripes.train.train reports a loss curve; the validation selection scores val_cs(lr)."""
+    import stripes
+
+    def fake_train(cfg, out_dir, callback=None):
+        lr = cfg["train"]["lr"]
+        for step in range(4):
+            # the lowest loss is the largest lr, which is NOT the best CS below
+            callback({"epoch": 0, "step": step, "train_loss": 1.0, "val_loss": 1.0 - lr * 100 - step * 0.01,
+                      "lr": lr, "frames_per_s": 1.0})
+        return {"best_val_loss": 0.0}
+
+    def fake_score(cfg, checkpoint, device=None):
+        lr = cfg["train"]["lr"]
+        if calls is not None:
+            calls.append((lr, str(checkpoint)))
+        return {"rule": cfg["eval"]["selection"], "strategy": "threshold", "threshold": 0.5, "gap": 0,
+                "val_cs": val_cs(lr), "val_ssmd50": 20.0 - val_cs(lr) / 10, "val_gs": 1.0, "per_metric": {}}
+
+    fake = type(sys)("stripes.train")
+    fake.train = fake_train
+    monkeypatch.setitem(sys.modules, "stripes.train", fake)
+    monkeypatch.setattr(stripes, "train", fake, raising=False)
+    fake_eval = type(sys)("stripes.evaluate")
+    fake_eval.selected_validation_score = fake_score
+    monkeypatch.setitem(sys.modules, "stripes.evaluate", fake_eval)
+    monkeypatch.setattr(stripes, "evaluate", fake_eval, raising=False)
+
+
+def test_val_selected_objective_maximises_the_selected_validation_cs(tmp_path, monkeypatch):
+    calls = []
+    cs = {1e-4: 10.0, 5e-4: 30.0, 1e-3: 20.0}
+    _fake_train_and_selection(monkeypatch, cs.__getitem__, calls)
+    cfg = {**base_cfg(), "eval": {"selection": "fixed"}}
+    res = tune.run_study(cfg, {}, "rope_c", "bin", tmp_path)  # default objective: val_selected
+    assert res["objective"] == "val_selected" and res["direction"] == "maximize"
+    assert res["params"] == {"train.lr": 5e-4} and res["value"] == 30.0
+    assert res["binarization"] == {"rule": "fixed", "strategy": "threshold", "threshold": 0.5, "gap": 0,
+                                   "val_cs": 30.0, "val_ssmd50": 17.0, "val_gs": 1.0}
+    assert json.loads((tmp_path / "best.json").read_text())["binarization"]["val_cs"] == 30.0
+    # each trial scored its own best checkpoint
+    assert sorted(lr for lr, _ in calls) == [1e-4, 5e-4, 1e-3]
+    assert all(ck.endswith("best.pt") for _, ck in calls)
+    header = (tmp_path / "trials.csv").read_text().splitlines()[0].split(",")
+    assert header[-5:-2] == ["binarization.strategy", "binarization.threshold", "binarization.gap"]
+
+
+def test_val_selected_with_min_ssmd_rule_minimises(tmp_path, monkeypatch):
+    cs = {1e-4: 10.0, 5e-4: 30.0, 1e-3: 20.0}
+    _fake_train_and_selection(monkeypatch, cs.__getitem__)
+    cfg = {**base_cfg(), "eval": {"selection": "min_ssmd"}}
+    res = tune.run_study(cfg, {}, "rope_c", "bin", tmp_path)
+    assert res["direction"] == "minimize"
+    assert res["params"] == {"train.lr": 5e-4} and res["value"] == pytest.approx(17.0)
+
+
+def test_val_selected_pruner_sees_the_negated_loss(tmp_path, monkeypatch):
+    """Maximising CS: the MedianPruner must still prune the trials whose LOSS is worst."""
+    cs = {1e-4: 10.0, 1e-3: 20.0, 2e-3: 25.0, 3e-3: 30.0}
+    _fake_train_and_selection(monkeypatch, cs.__getitem__)
+    spec = {"sampler": "grid", "space": {"train.lr": {"type": "categorical", "choices": sorted(cs)}},
+            "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 1, "interval_steps": 1}}
+    tune.run_study({**base_cfg(), "eval": {"selection": "max_cs"}}, spec, "rope_c", "bin", tmp_path)
+    study = optuna.load_study(study_name="rope_c.bin", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))))
+    by_lr = {t.params["train.lr"]: t for t in study.trials}
+    first = min(study.trials, key=lambda t: t.number)
+    # the loss falls with lr: after the first trial, trials with a SMALLER lr than it are pruned
+    for lr, t in by_lr.items():
+        if t.number != first.number:
+            expected = optuna.trial.TrialState.PRUNED if lr < first.params["train.lr"] else optuna.trial.TrialState.COMPLETE
+            assert t.state == expected, (lr, t.state)
+        assert all(v == pytest.approx(-(1.0 - lr * 100 - s * 0.01)) for s, v in t.intermediate_values.items())
+
+
+def test_unknown_objective_is_an_error():
+    with pytest.raises(ValueError, match="unknown objective"):
+        tune.direction({"objective": "cs"}, base_cfg())
 
 
 def test_tiny_real_torch_objective_is_deterministic(tmp_path):
@@ -146,7 +227,7 @@ def test_tiny_real_torch_objective_is_deterministic(tmp_path):
             trial.report(loss.item(), step)
         return best
 
-    spec = {"space": {"train.lr": {"type": "categorical", "choices": [1e-3, 1e-2, 1e-1]}}}
+    spec = {**LOSS, "space": {"train.lr": {"type": "categorical", "choices": [1e-3, 1e-2, 1e-1]}}}
     a = tune.run_study(base_cfg(), spec, "nope", "time", tmp_path / "a", objective=objective)
     b = tune.run_study(base_cfg(), spec, "nope", "time", tmp_path / "b", objective=objective)
     assert a["params"] == b["params"] == {"train.lr": 1e-1}

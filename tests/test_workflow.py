@@ -11,7 +11,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -92,6 +91,13 @@ def test_full_study_dry_run_has_separate_train_and_evaluate_jobs(tmp_path):
         assert "train_evaluate" not in stats
 
 
+def test_quick_study_dry_run(tmp_path):
+    jobs = dry_run_job_list(ROOT, "config/quick.yaml")
+    count = Counter(rule for rule, _ in jobs)
+    assert count["train"] == count["evaluate"] == 18 and count["tune"] == 6, count
+    assert count["metric_floor"] == 1 and count["aggregate"] == 1, count
+
+
 def test_adding_a_pe_schedules_only_its_jobs(tmp_path):
     """In a copy where the smoke study is complete (outputs touched), adding a PE to a table
     schedules only that PE's tune/train/evaluate jobs (and config resolution) plus aggregation."""
@@ -149,16 +155,10 @@ def test_smoke_study_end_to_end(tmp_path):
     if structure.exists():
         env["STRIPES_POP909_STRUCTURE"] = str(structure)
     work = fresh_copy(tmp_path / "repo")
-    t0 = time.time()
-    proc = snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", env=env,
-                     timeout=int(float(os.environ.get("STRIPES_SMOKE_BUDGET_S", 600))) + 600)
-    wall = time.time() - t0
+    # No wall-clock assertion in a test: benchmarks/bench_study.py measures the smoke study's time.
+    proc = snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", env=env, timeout=3600)
     (tmp_path / "snakemake.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    print(f"smoke study wall time: {wall:.0f} s")
-    # budget: 10 minutes on 2 dedicated cores (CI); STRIPES_SMOKE_BUDGET_S relaxes it on a shared box
-    budget = float(os.environ.get("STRIPES_SMOKE_BUDGET_S", 600))
-    assert wall < budget, f"smoke study took {wall:.0f} s (budget {budget:.0f} s on 2 cores)"
 
     from stripes.config import load_config, plan_study
 

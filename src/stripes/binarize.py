@@ -8,9 +8,19 @@ Two strategies:
   filled).
 
 A candidate is ``(strategy, threshold, gap)`` (gap 0 for ``threshold``). The grid is every
-threshold alone plus every (threshold, gap) pair with merge, in that order. :func:`select`
-picks the candidate with the highest mean validation CS; ties (equal after rounding to 1e-9)
-go to the higher mean GS, then to the earlier candidate in grid order.
+threshold alone plus every (threshold, gap) pair with merge, in that order.
+
+Selection rules (``eval.selection``; :func:`select_rule`), all on the validation windows:
+
+* ``fixed``: plain threshold at ``eval.threshold`` (no search);
+* ``max_cs``: the highest mean validation CS; ties (equal after rounding to 1e-9) go to the
+  higher mean GS, then to the earlier candidate in grid order (:func:`select`, paper-spec A16);
+* ``min_ssmd``: the lowest mean validation SSMD, ties as above;
+* ``max_cs_sparse``: ``max_cs`` among the candidates whose predictions are no denser than their
+  targets (mean active cells per frame); the sparsest candidate when none is.
+
+docs/evaluation-protocol.md compares the rules on the quick study and gives the evidence for
+the default.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 DEFAULT_THRESHOLDS = (0.2, 0.4, 0.5, 0.6, 0.8)
+SELECTION_RULES = ("fixed", "max_cs", "min_ssmd", "max_cs_sparse")
 DEFAULT_GAPS = (2, 4, 6, 8, 10, 12, 14)
 STRATEGIES = ("threshold", "merge")
 
@@ -127,6 +138,44 @@ def select(scores: Sequence[dict]) -> int:
         if _key(s["cs"], s["gs"]) > _key(scores[best]["cs"], scores[best]["gs"]):
             best = i
     return best
+
+
+def _best(scores: Sequence[dict], idx: Sequence[int], metric: str, higher: bool) -> int:
+    sign = 1.0 if higher else -1.0
+    best = idx[0]
+    for i in idx:
+        key = (round(sign * float(scores[i][metric]), 9), round(float(scores[i]["gs"]), 9))
+        if key > (round(sign * float(scores[best][metric]), 9), round(float(scores[best]["gs"]), 9)):
+            best = i
+    return best
+
+
+def select_rule(rule: str, grid: Sequence[Candidate], scores: Sequence[dict], fixed_threshold: float = 0.5) -> int:
+    """Index into ``grid`` of the candidate that ``rule`` picks (module docstring).
+
+    Args:
+        rule: one of :data:`SELECTION_RULES`.
+        grid: the candidates (grid order).
+        scores: per candidate, its mean validation metrics (``cs``, ``ssmd50``, ``gs``; for
+            ``max_cs_sparse`` also ``density_pred`` and ``density_tgt``).
+        fixed_threshold: tau of the ``fixed`` rule; the grid must hold ``threshold`` at it.
+    """
+    if rule == "fixed":
+        for i, c in enumerate(grid):
+            if c.strategy == "threshold" and abs(c.threshold - float(fixed_threshold)) < 1e-12:
+                return i
+        raise ValueError(f"the binarisation grid has no plain threshold at {fixed_threshold}")
+    allidx = list(range(len(grid)))
+    if rule == "max_cs":
+        return select(scores)
+    if rule == "min_ssmd":
+        return _best(scores, allidx, "ssmd50", higher=False)
+    if rule == "max_cs_sparse":
+        sparse = [i for i in allidx if scores[i]["density_pred"] <= scores[i]["density_tgt"]]
+        if not sparse:
+            return min(allidx, key=lambda i: (scores[i]["density_pred"], i))
+        return _best(scores, sparse, "cs", higher=True)
+    raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(SELECTION_RULES)}")
 
 
 def evaluate_grid(

@@ -192,12 +192,22 @@ def _as_list(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
+def active_tables(cfg: dict) -> dict:
+    """The ``tables`` the study builds: all of them, or those named by ``study.tables`` (an
+    overlay such as config/quick.yaml keeps its own tables without deleting the paper's)."""
+    tables = cfg.get("tables") or {}
+    only = (cfg.get("study") or {}).get("tables")
+    if only is None:
+        return dict(tables)
+    return {name: tables[name] for name in only if name in tables}
+
+
 def plan_study(cfg: dict) -> StudyPlan:
     """Expand the ``tables`` section into tables, unique pairs, seeds and settings (no checks)."""
     study = cfg.get("study", {})
     seed_sets = study.get("seeds", {})
     tables: dict[str, TableSpec] = {}
-    for name, spec in (cfg.get("tables") or {}).items():
+    for name, spec in active_tables(cfg).items():
         kind = spec.get("kind", "metrics")
         seeds_key = spec.get("seeds")
         seeds = list(seed_sets.get(seeds_key, [])) if isinstance(seeds_key, str) else _as_list(seeds_key)
@@ -276,6 +286,7 @@ def report_spec(cfg: dict, plan: StudyPlan | None = None, results: str = "result
         "mi_table": f"{results}/tables/mutual_information.csv",
         "mi_figure": study.get("mi_figure") or {},
         "reference_csv": f"{results}/reference/paper_tables.csv",
+        "scale": study.get("scale", "full"),
     }
 
 
@@ -299,7 +310,10 @@ def check_study(cfg: dict, registry: dict | None = None, root: str | Path | None
         if len(set(seeds)) != len(seeds):
             errors.append(f"study.seeds.{name}: duplicate seeds {seeds}")
 
-    tables_cfg = cfg.get("tables") or {}
+    for name in study.get("tables") or []:
+        if name not in (cfg.get("tables") or {}):
+            errors.append(f"study.tables: unknown table {name!r} (tables has {', '.join(sorted(cfg.get('tables') or {}))})")
+    tables_cfg = active_tables(cfg)
     pe_classes: dict[str, type] = {}
     pe_errors: dict[str, str] = {}
 
@@ -390,7 +404,8 @@ def check_study(cfg: dict, registry: dict | None = None, root: str | Path | None
 
     fig = study.get("mi_figure") or {}
     if fig.get("table") and fig["table"] not in tables_cfg:
-        errors.append(f"study.mi_figure.table: unknown table {fig['table']!r}")
+        where = " (not among study.tables)" if fig["table"] in (cfg.get("tables") or {}) else ""
+        errors.append(f"study.mi_figure.table: unknown table {fig['table']!r}{where}")
 
     errors += _check_tune(cfg.get("tune") or {})
     if errors:

@@ -7,28 +7,45 @@ or ``evaluate(cfg, checkpoint, out_dir)``.
    Windows: 16-bar validation windows (for the selection), 16-bar test windows (in-domain) and
    64-bar test windows (length generalisation). Batches hold at most ``eval.max_batch_frames``
    frames (8 x 1024 or 2 x 4096 by default), so 64-bar inference fits a CPU.
-2. Binarisation is selected on the validation windows over the grid of
-   :func:`stripes.binarize.candidates` (``eval.strategies`` x ``eval.thresholds`` x ``eval.gaps``):
-   highest mean CS, ties by GS, then grid order (A16). The chosen ``(strategy, threshold, gap)``
-   is applied unchanged to both test settings. The best candidate per metric is recorded for
-   reference (``binarization.per_metric``).
-3. Metrics per window (piano track only, paper definitions: CS, SSMD x50 and x100, GS, NDD, plus
-   the onset rates of A19; with ``eval.s24_metrics`` also the [S24]-code variants), written to
-   ``windows_test_16.csv`` / ``windows_test_64.csv``; their means go to ``metrics.json``.
-4. MIDI + PNG samples for ``eval.n_samples`` evenly spread windows per setting in
+2. Binarisation: every candidate of the grid of :func:`stripes.binarize.candidates`
+   (``eval.strategies`` x ``eval.thresholds`` x ``eval.gaps``, plus the plain threshold at
+   ``eval.threshold``) is scored on the validation windows, and every selection rule of
+   :data:`stripes.binarize.SELECTION_RULES` picks its candidate (``fixed``, ``max_cs``,
+   ``min_ssmd``, ``max_cs_sparse``). The rule named by ``eval.selection`` is the primary one:
+   its candidate scores the ``test_16`` / ``test_64`` blocks and the tables. Every rule's test
+   scores are kept under ``selections`` (docs/evaluation-protocol.md compares them).
+3. Metrics per window (piano track only: CS, SSMD x50 and x100, GS, NDD in their primary
+   readings (docs/metric-readings.md), the onset rates of A19, the test BCE in nats per cell
+   (threshold-free, beyond the paper) and the densities; with ``eval.s24_metrics`` also the
+   variant readings), written to ``windows_test_16.csv`` / ``windows_test_64.csv``; their means
+   go to ``metrics.json``.
+4. Degenerate output is flagged: a setting whose selected prediction has more than
+   ``eval.dense_ratio`` times its target's active cells per frame is ``dense``; one without a
+   single active cell is ``empty``. The flags go to the setting's ``flags`` and the top-level
+   ``flags``; the tables mark such cells.
+5. MIDI + PNG samples for ``eval.n_samples`` evenly spread windows per setting in
    ``EVALDIR/samples/``.
 
 ``metrics.json`` (docs/architecture.md), extra keys marked (+)::
 
     {"binarization": {"strategy", "threshold", "gap", "val_cs", "val_gs",
-                      (+) "val_ssmd50", "val_ndd", "n_val_windows", "selection", "per_metric"},
+                      (+) "val_ssmd50", "val_ndd", "val_density_pred", "val_density_tgt",
+                      "n_val_windows", "selection", "rule", "per_metric"},
      "test_16": {"cs", "ssmd50", "ssmd100", "gs", "ndd", "n_windows",
-                 (+) "onset_rate_pred", "onset_rate_tgt", [gs_s24, ssmd_s24, ndd_s24]},
+                 (+) "onset_rate_pred", "onset_rate_tgt", "bce", "density_pred", "density_tgt",
+                 "onsets_per_quarter_pred", "onsets_per_quarter_tgt", "mean_prob", "flags",
+                 [variant readings]},
      "test_64": {... same ...},
-     (+) "run", "checkpoint", "checkpoint_step", "metric_variant", "device", "wall_s"}
+     (+) "selections": {rule: {"strategy", "threshold", "gap", "val_cs", "val_ssmd50", ...,
+                               "test_16": {metric means}, "test_64": {...}}},
+     (+) "flags", "run", "checkpoint", "checkpoint_step", "metric_variant", "device", "wall_s"}
+
+Units: ``bce`` nats per cell (mean over windows of the mean over frames x 128 pitches);
+``density_*`` active cells per frame; ``onsets_per_quarter_*`` note onsets (any pitch) per
+quarter note; ``mean_prob`` the mean predicted probability over all cells.
 
 A setting without windows reports ``n_windows: 0`` and ``null`` metrics. The whole validation
-grid (every candidate's mean cs, ssmd50, gs, ndd) goes to ``binarization_grid.csv``.
+grid (every candidate's mean cs, ssmd50, gs, ndd, densities) goes to ``binarization_grid.csv``.
 """
 
 from __future__ import annotations
@@ -70,6 +87,9 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "max_val_windows": None,
     "max_test_windows": None,
     "max_batch_frames": 8192,
+    "selection": "fixed",
+    "threshold": 0.5,
+    "dense_ratio": 2.0,
     "s24_metrics": False,
     "n_samples": 4,
     "sample_settings": ["test_16", "test_64"],
@@ -109,55 +129,180 @@ def predict(model, ds, dev: torch.device, max_batch_frames: int = 8192, bf16: bo
     """Sigmoid probabilities of every window of ``ds`` (one forward pass each, batched).
 
     Returns:
-        dict with ``prob`` float32 (N, W, 128), ``target`` bool (N, W, 128), ``song`` and
-        ``start`` lists.
+        dict with ``prob`` float32 (N, W, 128), ``target`` bool (N, W, 128), ``bce`` float64 (N,)
+        (per-window mean BCE in nats per cell), ``song`` and ``start`` lists.
     """
     model.eval()
     n = len(ds)
     if n == 0:
-        return {"prob": np.zeros((0, 0, 128), np.float32), "target": np.zeros((0, 0, 128), bool), "song": [], "start": []}
+        return {"prob": np.zeros((0, 0, 128), np.float32), "target": np.zeros((0, 0, 128), bool),
+                "bce": np.zeros(0), "song": [], "start": []}
     window = int(ds[0]["x"].shape[0])
     bs = max(1, int(max_batch_frames) // window)
-    probs, targets, songs, starts = [], [], [], []
+    probs, targets, bces, songs, starts = [], [], [], [], []
     for i in range(0, n, bs):
         items = [ds[j] for j in range(i, min(n, i + bs))]
         x = torch.stack([torch.as_tensor(it["x"]) for it in items]).to(dev)
         pos = torch.stack([torch.as_tensor(it["pos"]) for it in items]).to(dev)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bool(bf16)):
             logits = model(x, pos)
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-        targets.append(np.stack([np.asarray(it["y"]) > 0.5 for it in items]))
+        logits = logits.float()
+        y = torch.stack([torch.as_tensor(it["y"]) for it in items]).to(dev).float()
+        # from the logits, not the probabilities: log(sigmoid) saturates in float32
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        bces.append(bce.double().mean(dim=(1, 2)).cpu().numpy())
+        probs.append(torch.sigmoid(logits).cpu().numpy())
+        targets.append(y.cpu().numpy() > 0.5)
         songs += [str(it["song"]) for it in items]
         starts += [int(it["start"]) for it in items]
-    return {"prob": np.concatenate(probs), "target": np.concatenate(targets), "song": songs, "start": starts}
+    return {"prob": np.concatenate(probs), "target": np.concatenate(targets), "bce": np.concatenate(bces),
+            "song": songs, "start": starts}
 
 
-def select_binarization(prob: np.ndarray, target: np.ndarray, ec: dict) -> tuple[dict[str, Any], list[dict]]:
-    """Grid search on validation windows.
+def density(roll: np.ndarray) -> np.ndarray:
+    """Active cells per frame of each window of a binary roll (N, T, P) -> (N,)."""
+    roll = np.asarray(roll)
+    return roll.reshape(len(roll), -1).sum(axis=1, dtype=np.int64) / max(roll.shape[1], 1)
+
+
+def onsets_per_quarter(roll: np.ndarray) -> np.ndarray:
+    """Note onsets (any pitch) per quarter note of each window (N, T, P) -> (N,)."""
+    on = np.asarray(metmod.onsets(roll))
+    return on.reshape(len(on), -1).sum(axis=1) / max(on.shape[1] / metmod.QUARTER, 1e-12)
+
+
+def grid_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-window scores of one candidate on validation: metrics + densities."""
+    return {**metmod.compute_metrics(pred, target), "density_pred": density(pred), "density_tgt": density(target)}
+
+
+def eval_grid(ec: dict) -> list[binmod.Candidate]:
+    """The candidate grid, with the ``fixed`` rule's plain threshold in it."""
+    thresholds = list(ec["thresholds"])
+    if float(ec["threshold"]) not in [float(t) for t in thresholds]:
+        thresholds.append(float(ec["threshold"]))
+    return binmod.candidates(sorted(thresholds), ec["gaps"], sorted(set(ec["strategies"]) | {"threshold"},
+                                                                    key=binmod.STRATEGIES.index))
+
+
+_VAL_KEYS = ("cs", "gs", "ssmd50", "ndd", "density_pred", "density_tgt")
+
+
+def select_binarization(prob: np.ndarray, target: np.ndarray, ec: dict) -> tuple[dict[str, Any], list[dict], dict]:
+    """Score the grid on validation windows and apply every selection rule.
 
     Returns:
-        the ``binarization`` block of metrics.json and the whole grid (one row per candidate with
-        its mean validation cs, ssmd50, gs, ndd; written to ``binarization_grid.csv``).
+        the ``binarization`` block of metrics.json (the primary rule, ``eval.selection``), the
+        whole grid (one row per candidate with its mean validation cs, ssmd50, gs, ndd and
+        densities; written to ``binarization_grid.csv``) and, per rule, its chosen candidate
+        with its validation scores.
     """
-    grid = binmod.candidates(ec["thresholds"], ec["gaps"], ec["strategies"])
-    scores = binmod.evaluate_grid(binmod.iter_chunks(prob, target, 32), grid, metmod.compute_metrics)
-    best = binmod.select(scores)
+    grid = eval_grid(ec)
+    allowed = set(ec["strategies"])
+    scores = binmod.evaluate_grid(binmod.iter_chunks(prob, target, 32), grid, grid_metrics)
+    # the fixed rule may add its plain threshold; the searching rules see only the configured grid
+    searched = [i for i, c in enumerate(grid) if c.strategy in allowed and float(c.threshold) in
+                [float(t) for t in ec["thresholds"]]]
+    rules = {}
+    for rule in binmod.SELECTION_RULES:
+        if rule == "fixed":
+            i = binmod.select_rule("fixed", grid, scores, ec["threshold"])
+        else:
+            j = binmod.select_rule(rule, [grid[k] for k in searched], [scores[k] for k in searched])
+            i = searched[j]
+        rules[rule] = {**grid[i].as_dict(), **{f"val_{k}": scores[i][k] for k in _VAL_KEYS}}
     per_metric = {}
     for name, higher in _HIGHER_IS_BETTER.items():
-        vals = [s[name] for s in scores]
-        i = int(np.argmax(vals) if higher else np.argmin(vals))
-        per_metric[name] = {**grid[i].as_dict(), "value": vals[i]}
-    chosen = grid[best]
-    return {
-        **chosen.as_dict(),
-        "val_cs": scores[best]["cs"],
-        "val_gs": scores[best]["gs"],
-        "val_ssmd50": scores[best]["ssmd50"],
-        "val_ndd": scores[best]["ndd"],
+        vals = [scores[k][name] for k in searched]
+        j = searched[int(np.argmax(vals) if higher else np.argmin(vals))]
+        per_metric[name] = {**grid[j].as_dict(), "value": scores[j][name]}
+    rule = ec["selection"]
+    block = {
+        **rules[rule],
         "n_val_windows": int(len(prob)),
-        "selection": "max validation CS, ties by GS, then grid order",
+        "rule": rule,
+        "selection": SELECTION_TEXT[rule].format(threshold=ec["threshold"]),
         "per_metric": per_metric,
-    }, [{**c.as_dict(), **{k: s[k] for k in ("cs", "ssmd50", "gs", "ndd")}} for c, s in zip(grid, scores)]
+    }
+    grid_rows = [{**c.as_dict(), **{k: s[k] for k in ("cs", "ssmd50", "gs", "ndd", "density_pred", "density_tgt")}}
+                 for c, s in zip(grid, scores)]
+    return block, grid_rows, rules
+
+
+SELECTION_TEXT = {
+    "fixed": "fixed threshold {threshold}",
+    "max_cs": "max validation CS, ties by GS, then grid order",
+    "min_ssmd": "min validation SSMD, ties by GS, then grid order",
+    "max_cs_sparse": "max validation CS among candidates no denser than their targets",
+}
+
+
+def validation_selection(cfg: dict, model, dev: torch.device) -> tuple[dict[str, Any], list[dict], dict]:
+    """Predict the validation windows and run :func:`select_binarization` (evaluation and the
+    tuning objective share it)."""
+    ec = eval_config(cfg)
+    val_ds = make_dataset(cfg, "val", int(ec["val_bars"] or train_bars(cfg)), ec["max_val_windows"])
+    val = predict(model, val_ds, dev, ec["max_batch_frames"], ec["bf16"])
+    if len(val["prob"]) == 0:
+        raise ValueError(f"run {run_name(cfg)}: no validation windows to select the binarisation on")
+    block, grid_rows, rules = select_binarization(val["prob"], val["target"], ec)
+    block["val_bce"] = _finite(np.mean(val["bce"]))
+    return block, grid_rows, rules
+
+
+def selected_validation_score(cfg: dict, checkpoint: str | os.PathLike, device: str | None = None) -> dict[str, Any]:
+    """The ``binarization`` block (the primary rule's candidate and its validation scores) of a
+    checkpoint: what a tuning trial is scored by (``tune.objective: val_selected``)."""
+    ec = eval_config(cfg)
+    dev = devmod.select_device(device or ec["device"])
+    ck = load_checkpoint(checkpoint)
+    model = make_model(cfg)
+    model.load_state_dict(ck["model"])
+    model.to(dev).eval()
+    block, _, _ = validation_selection(cfg, model, dev)
+    return block
+
+
+def setting_summary(pred: np.ndarray, pr: dict, per_window: dict[str, np.ndarray], dense_ratio: float) -> dict:
+    """Means of the per-window metrics + densities, mean probability and flags of one setting."""
+    n = int(len(pred))
+    block: dict[str, Any] = {k: (_finite(np.mean(v)) if n else None) for k, v in per_window.items()}
+    block["mean_prob"] = _finite(np.mean(pr["prob"], dtype=np.float64)) if n else None
+    block["n_windows"] = n
+    block["flags"] = degenerate_flags(block.get("density_pred"), block.get("density_tgt"), dense_ratio)
+    return block
+
+
+def degenerate_flags(density_pred: float | None, density_tgt: float | None, dense_ratio: float) -> list[str]:
+    """``["empty"]`` when nothing is predicted, ``["dense"]`` when the prediction has more than
+    ``dense_ratio`` times the target's active cells per frame, else ``[]``."""
+    if density_pred is None or density_tgt is None:
+        return []
+    if density_pred == 0:
+        return ["empty"]
+    if density_pred > dense_ratio * density_tgt:
+        return ["dense"]
+    return []
+
+
+def score_windows(pred: np.ndarray, pr: dict, s24: bool) -> dict[str, np.ndarray]:
+    """Per-window metrics, test BCE and densities of one setting."""
+    per_window = score_setting(pred, pr["target"], s24)
+    if not len(pred):
+        return per_window
+    per_window["bce"] = np.asarray(pr["bce"], dtype=np.float64)
+    per_window["density_pred"] = density(pred)
+    per_window["density_tgt"] = density(pr["target"])
+    per_window["onsets_per_quarter_pred"] = onsets_per_quarter(pred)
+    per_window["onsets_per_quarter_tgt"] = onsets_per_quarter(pr["target"])
+    return per_window
+
+
+def binarize_all(cand: binmod.Candidate, prob: np.ndarray) -> np.ndarray:
+    # in chunks of 32 windows: gap merging needs a few int32 copies of its input
+    if not len(prob):
+        return prob > 0.5
+    return np.concatenate([cand.apply(prob[i: i + 32]) for i in range(0, len(prob), 32)])
 
 
 def _finite(v: float) -> float | None:
@@ -206,37 +351,45 @@ def evaluate(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     model.load_state_dict(ck["model"])
     model.to(dev).eval()
 
-    val_ds = make_dataset(cfg, "val", int(ec["val_bars"] or train_bars(cfg)), ec["max_val_windows"])
-    val = predict(model, val_ds, dev, ec["max_batch_frames"], ec["bf16"])
-    if len(val["prob"]) == 0:
-        raise ValueError(f"run {run_name(cfg)}: no validation windows to select the binarisation on")
-    binarization, grid_rows = select_binarization(val["prob"], val["target"], ec)
-    del val
+    binarization, grid_rows, rules = validation_selection(cfg, model, dev)
     keys = list(grid_rows[0])
     atomic_write_text(out / "binarization_grid.csv", "\n".join(
         [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in grid_rows]) + "\n")
-    chosen = binmod.Candidate(binarization["strategy"], binarization["threshold"], binarization["gap"])
+    primary = ec["selection"]
+    cands = {r: binmod.Candidate(v["strategy"], v["threshold"], v["gap"]) for r, v in rules.items()}
+    selections: dict[str, Any] = {r: dict(v) for r, v in rules.items()}
 
     result: dict[str, Any] = {"binarization": binarization}
     sample_items = []
+    s24 = bool(ec["s24_metrics"])
     for bars in test_bars(cfg):
         setting = f"test_{int(bars)}"
         ds = make_dataset(cfg, "test", int(bars), ec["max_test_windows"])
         pr = predict(model, ds, dev, ec["max_batch_frames"], ec["bf16"])
-        # binarise in chunks of 32 windows (gap merging needs a few int32 copies of its input)
-        pred = (np.concatenate([chosen.apply(pr["prob"][i : i + 32]) for i in range(0, len(pr["prob"]), 32)])
-                if len(pr["prob"]) else pr["prob"] > 0.5)
-        per_window = score_setting(pred, pr["target"], bool(ec["s24_metrics"]))
-        n = int(len(pred))
-        names = list(per_window) or list(metmod.METRIC_NAMES)
-        block: dict[str, Any] = {k: (_finite(np.mean(per_window[k])) if n else None) for k in names}
-        block["n_windows"] = n
+        scored: dict[binmod.Candidate, dict] = {}
+        for rule, cand in cands.items():
+            if cand not in scored:  # rules that agree share one scoring
+                pred = binarize_all(cand, pr["prob"])
+                per_window = score_windows(pred, pr, s24)
+                scored[cand] = {"pred": pred, "per_window": per_window,
+                                "block": setting_summary(pred, pr, per_window, float(ec["dense_ratio"]))}
+            selections[rule][setting] = {k: v for k, v in scored[cand]["block"].items()}
+        chosen = scored[cands[primary]]
+        pred, per_window = chosen["pred"], chosen["per_window"]
+        if not per_window:
+            block = {k: None for k in metmod.METRIC_NAMES} | {"n_windows": 0, "flags": []}
+        else:
+            block = chosen["block"]
         result[setting] = block
         write_window_csv(out / f"windows_{setting}.csv", pr["song"], pr["start"], per_window)
+        n = int(len(pred))
         if setting in ec["sample_settings"]:
             for i in smpmod.pick(n, int(ec["n_samples"])):
                 sample_items.append({"setting": setting, "song": pr["song"][i], "start": pr["start"][i],
                                      "x": np.asarray(ds[i]["x"]), "pred": pred[i], "target": pr["target"][i]})
+        del scored, pr
+    result["selections"] = selections
+    result["flags"] = sorted({f for k, v in result.items() if k.startswith("test_") for f in v.get("flags", [])})
     if sample_items:
         smpmod.write_samples(out / "samples", sample_items)
 

@@ -15,6 +15,17 @@ Best vs second-best: scipy ``levene``; equal variances (p ≥ 0.05) → Student'
 Welch's t (``ttest_ind``, two-sided). ``*`` if p < 0.05; otherwise ``†`` if best vs third-best has
 p < 0.05. The best row of each group is marked (bold in Markdown, underlined in LaTeX); the best
 of the whole table is bold in LaTeX. Std is the sample std over seeds (ddof=1).
+
+Beyond the paper:
+
+* a ``BCE`` column group (``bce`` of each setting block: mean test BCE, nats per cell, ↓), ranked
+  and marked like the others. It needs no threshold, so it separates a PE that learned nothing
+  from a binarisation artefact; a metrics.json without it gives a missing cell;
+* degenerate runs: a setting block's ``flags`` (``dense``: the selected binarised prediction is far
+  denser than its target; ``empty``: nothing predicted) mark that setting's CS/SSMD/GS/NDD cells of
+  the row (superscript ``d`` / ``e``) when any of its seeds is flagged; the CSV lists the seed
+  counts in ``flags_16`` / ``flags_64``. BCE is not marked (it never sees the binarisation);
+* the spec's ``scale`` (smoke | quick | full) puts a warning into the captions below full scale.
 """
 
 from __future__ import annotations
@@ -32,6 +43,22 @@ import numpy as np
 from stripes.config import METRICS, SETTINGS, read_json, write_json
 
 METRIC_ORDER = ("cs", "ssmd", "gs", "ndd")
+EXTRA_METRICS = ("bce",)  # not in the paper; columns appended after the paper's
+ALL_METRICS = METRIC_ORDER + EXTRA_METRICS
+# bce stays out of stripes.config.METRICS: that dict also validates `select.metric`, whose schema
+# enum is the paper's four metrics
+DIRECTIONS = {**METRICS, "bce": "min"}
+DECIMALS = {"bce": 4}  # a mean BCE of sparse piano rolls is ~0.05: two decimals would hide every difference
+FLAG_MARKS = {"dense": "d", "empty": "e"}
+FLAG_TEXT = {
+    "d": "dense: in at least one seed the selected binarised prediction is far denser than its target",
+    "e": "empty: in at least one seed the selected binarised prediction is empty",
+}
+SCALE_NOTES = {
+    "smoke": "smoke scale: these numbers test the wiring, not the PEs",
+    "quick": "quick scale: a learning-scale check, not the paper's scale",
+}
+BCE_TITLE = "BCE↓ (nats/cell, not in the paper)"
 SETTING_SHORT = {"test_16": "16", "test_64": "64"}
 ALPHA = 0.05
 MISSING = "–"
@@ -68,11 +95,24 @@ def seed_values(runs_root: Path, pe: str, context: str, seeds: list[int], settin
     return out
 
 
+def seed_flags(runs_root: Path, pe: str, context: str, seeds: list[int], setting: str) -> dict[str, int]:
+    """flag -> number of seeds whose ``setting`` block carries it (missing ``flags``: none)."""
+    counts: dict[str, int] = {}
+    for s in seeds:
+        m = read_metrics(runs_root / pe / context / f"seed{s}" / "metrics.json")
+        flags = (m.get(setting) or {}).get("flags") if m is not None else None
+        for f in set(flags) if isinstance(flags, list) else ():
+            if f in FLAG_MARKS:
+                counts[f] = counts.get(f, 0) + 1
+    return counts
+
+
 @dataclass
 class Cell:
     values: list[float] = field(default_factory=list)
     state: str = "ok"  # ok | missing | na
     mark: str = ""
+    flags: str = ""  # FLAG_MARKS letters of the degenerate seeds' flags
     best: bool = False
     best_overall: bool = False
 
@@ -93,6 +133,8 @@ class TableRow:
     context: str
     cells: dict[tuple[str, str], Cell]
     selected_from: str = ""
+    flags: dict[str, dict[str, int]] = field(default_factory=dict)  # setting -> flag -> seeds
+    n_seeds: int = 0
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -117,7 +159,7 @@ def mark_group(cells: list[Cell], metric: str) -> None:
     ok = [c for c in cells if c.state == "ok"]
     if not ok:
         return
-    sign = -1.0 if METRICS[metric] == "max" else 1.0
+    sign = -1.0 if DIRECTIONS[metric] == "max" else 1.0
     ranked = sorted(ok, key=lambda c: sign * c.mean)
     best = ranked[0]
     best.best = True
@@ -132,7 +174,7 @@ def mark_group(cells: list[Cell], metric: str) -> None:
 
 def select_best(rows: list[TableRow], metric: str, setting: str) -> TableRow | None:
     """The row with the best mean on (metric, setting); ties broken by GS, then by name."""
-    sign = -1.0 if METRICS[metric] == "max" else 1.0
+    sign = -1.0 if DIRECTIONS[metric] == "max" else 1.0
     cands = [r for r in rows if r.cells[(setting, metric)].state == "ok"]
     if not cands:
         return None
@@ -151,8 +193,11 @@ def build_rows(spec: dict, tname: str, runs_root: Path, cache: dict) -> list[Tab
 
     def make(pe, ctx, settings) -> TableRow:
         cells = {}
+        flags = {}
         for s in SETTINGS:
-            for m in METRIC_ORDER:
+            flags[s] = seed_flags(runs_root, pe, ctx, seeds, s) if s in settings else {}
+            letters = "".join(FLAG_MARKS[f] for f in FLAG_MARKS if flags[s].get(f))
+            for m in ALL_METRICS:
                 if s not in settings:
                     cells[(s, m)] = Cell(state="na")
                     continue
@@ -161,7 +206,9 @@ def build_rows(spec: dict, tname: str, runs_root: Path, cache: dict) -> list[Tab
                     cells[(s, m)] = Cell(state="missing")
                 else:
                     cells[(s, m)] = Cell(values=[float(v) for v in vals])
-        return TableRow(pe, ctx, cells)
+                if m in METRIC_ORDER:
+                    cells[(s, m)].flags = letters
+        return TableRow(pe, ctx, cells, flags=flags, n_seeds=len(seeds))
 
     fixed = [make(r["pe"], r["context"], r.get("settings", list(SETTINGS))) for r in t["rows"]]
     best_rows: dict[str, TableRow] = {}
@@ -173,7 +220,8 @@ def build_rows(spec: dict, tname: str, runs_root: Path, cache: dict) -> list[Tab
         # selection uses the source table's evaluated metrics with THIS table's seeds
         best = select_best(cand, sel["metric"], sel["setting"])
         if best is None:
-            best = TableRow(f"best_of:{src}", ctx, {(s, m): Cell(state="missing") for s in SETTINGS for m in METRIC_ORDER})
+            best = TableRow(f"best_of:{src}", ctx, {(s, m): Cell(state="missing") for s in SETTINGS for m in ALL_METRICS},
+                            n_seeds=len(seeds))
         best.selected_from = f"{src} ({sel['metric']}, {sel['setting']})"
         best_rows[ctx] = best
         del src_t
@@ -191,12 +239,12 @@ def build_rows(spec: dict, tname: str, runs_root: Path, cache: dict) -> list[Tab
     for r in rows:
         groups.setdefault(r.context if t.get("group_by", "context") == "context" else "", []).append(r)
     for s in SETTINGS:
-        for m in METRIC_ORDER:
+        for m in ALL_METRICS:
             for g in groups.values():
                 mark_group([r.cells[(s, m)] for r in g], m)
             ok = [r.cells[(s, m)] for r in rows if r.cells[(s, m)].state == "ok"]
             if ok:
-                sign = -1.0 if METRICS[m] == "max" else 1.0
+                sign = -1.0 if DIRECTIONS[m] == "max" else 1.0
                 min(ok, key=lambda c: sign * c.mean).best_overall = True
     cache[tname] = rows
     return rows
@@ -237,13 +285,37 @@ def fmt(x: float | None, nd: int = 2) -> str:
     return "" if x is None else f"{x:.{nd}f}"
 
 
-def cell_text(c: Cell, bold: str = "**") -> str:
+def cell_text(c: Cell, bold: str = "**", nd: int = 2) -> str:
     if c.state == "na":
         return NA
     if c.state == "missing":
         return MISSING
-    s = f"{c.mean:.2f} ± {c.std:.2f}{c.mark}"
-    return f"{bold}{s}{bold}" if c.best and bold else s
+    s = f"{c.mean:.{nd}f} ± {c.std:.{nd}f}{c.mark}"
+    s = f"{bold}{s}{bold}" if c.best and bold else s
+    return s + (f"<sup>{c.flags}</sup>" if c.flags else "")
+
+
+def flags_text(row: TableRow, setting: str) -> str:
+    """CSV form of a row's degenerate seeds in one setting, e.g. ``dense:3/3;empty:1/3``."""
+    counts = row.flags.get(setting) or {}
+    return ";".join(f"{f}:{counts[f]}/{row.n_seeds}" for f in FLAG_MARKS if counts.get(f))
+
+
+def scale_note(spec: dict) -> str:
+    return SCALE_NOTES.get(spec.get("scale", "full"), "")
+
+
+def caption_text(spec: dict, t: dict, tname: str) -> str:
+    note = scale_note(spec)
+    cap = t.get("caption", tname)
+    return f"{cap} ({note})" if note else cap
+
+
+def flagged_marks(rows: list[TableRow]) -> list[str]:
+    """The FLAG_MARKS letters used anywhere in the table, in FLAG_MARKS order."""
+    used = {f for r in rows for counts in r.flags.values() for f, n in counts.items() if n}
+    return [FLAG_MARKS[f] for f in FLAG_MARKS if f in used]
+
 
 
 def table_records(spec: dict, tname: str, rows: list[TableRow], ref: dict) -> list[dict]:
@@ -269,6 +341,17 @@ def table_records(spec: dict, tname: str, rows: list[TableRow], ref: dict) -> li
                 rec[f"{col}_paper_mark"] = pm
                 rec[f"{col}_diff"] = fmt(c.mean - pv, 4) if (c.state == "ok" and isinstance(pv, float)) else ""
         rec["selected_from"] = r.selected_from
+        for s in SETTINGS:
+            for m in EXTRA_METRICS:
+                c = r.cells[(s, m)]
+                col = f"{m}_{SETTING_SHORT[s]}"
+                rec[f"{col}_mean"] = fmt(c.mean, 6) if c.state == "ok" else (NA if c.state == "na" else "")
+                rec[f"{col}_std"] = fmt(c.std, 6) if c.state == "ok" else ""
+                rec[f"{col}_mark"] = c.mark
+                rec[f"{col}_best"] = int(c.best)
+                rec[f"{col}_n"] = len(c.values)
+        for s in SETTINGS:
+            rec[f"flags_{SETTING_SHORT[s]}"] = flags_text(r, s)
         out.append(rec)
     return out
 
@@ -284,20 +367,35 @@ def _md_header() -> list[str]:
     cols = ["context", "PE"]
     for s in SETTINGS:
         cols += [f"{m.upper()}{'↑' if METRICS[m] == 'max' else '↓'} ({SETTING_SHORT[s]})" for m in METRIC_ORDER]
+    cols += [f"BCE↓ ({SETTING_SHORT[s]}; nats/cell, not in the paper)" for s in SETTINGS]
     return cols
+
+
+def _row_cells(r: TableRow) -> list[str]:
+    """Markdown cells of one row: the paper's groups, then the extra metrics per setting."""
+    out = [cell_text(r.cells[(s, m)]) for s in SETTINGS for m in METRIC_ORDER]
+    return out + [cell_text(r.cells[(s, m)], nd=DECIMALS.get(m, 2)) for m in EXTRA_METRICS for s in SETTINGS]
 
 
 def write_markdown(spec: dict, tname: str, rows: list[TableRow], records: list[dict], path: Path) -> None:
     t = spec["tables"][tname]
     cols = _md_header()
-    lines = [f"## {t.get('caption', tname)}", "",
-             f"Mean ± std over seeds {t['seeds']}; groups: {', '.join(SETTINGS.values())}. "
-             f"SSMD ×{t['ssmd_scale']}. Bold: best of its group; * best vs second p<0.05, "
-             f"† best vs third p<0.05 (Levene, then Student/Welch t-test). {MISSING}: missing run, {NA}: not evaluated.",
-             "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    note = scale_note(spec)
+    lines = [f"## {caption_text(spec, t, tname)}", ""]
+    if note:
+        lines += [f"**{note[0].upper() + note[1:]}.**", ""]
+    lines += [f"Mean ± std over seeds {t['seeds']}; groups: {', '.join(SETTINGS.values())}. "
+              f"SSMD ×{t['ssmd_scale']}. Bold: best of its group; * best vs second p<0.05, "
+              f"† best vs third p<0.05 (Levene, then Student/Welch t-test). {MISSING}: missing run, {NA}: not evaluated. "
+              f"{BCE_TITLE}: mean test binary cross-entropy, threshold-free.",
+              "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         pe = r.pe + (" (best RoPE)" if r.selected_from else "")
-        lines.append("| " + " | ".join([r.context, pe] + [cell_text(r.cells[(s, m)]) for s in SETTINGS for m in METRIC_ORDER]) + " |")
+        lines.append("| " + " | ".join([r.context, pe] + _row_cells(r)) + " |")
+    marks = flagged_marks(rows)
+    if marks:
+        lines += [""] + [f"<sup>{k}</sup> {FLAG_TEXT[k]}." for k in marks] + [
+            "Seed counts per setting: CSV columns flags_16 / flags_64. BCE is threshold-free and never marked."]
     if t.get("reference"):
         lines += ["", "### Published numbers and difference (ours − paper)", "",
                   "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -315,6 +413,7 @@ def write_markdown(spec: dict, tname: str, rows: list[TableRow], records: list[d
                         d = rec[f"{col}_diff"]
                         dd = f"{float(d):.2f}" if d else MISSING
                         cells.append(f"{p} ± {rec[f'{col}_paper_std']}{rec[f'{col}_paper_mark']} (Δ {dd})")
+            cells += [""] * (len(EXTRA_METRICS) * len(SETTINGS))  # the paper has no BCE
             lines.append("| " + " | ".join([rec["context"], rec["pe"]] + cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
@@ -322,35 +421,48 @@ def write_markdown(spec: dict, tname: str, rows: list[TableRow], records: list[d
 def write_latex(spec: dict, tname: str, rows: list[TableRow], path: Path) -> None:
     t = spec["tables"][tname]
     head = " & ".join(f"{m.upper()}$\\{'uparrow' if METRICS[m] == 'max' else 'downarrow'}$" for m in METRIC_ORDER)
+    n_extra = len(EXTRA_METRICS) * len(SETTINGS)
+    n_cols = 2 + len(METRIC_ORDER) * len(SETTINGS) + n_extra
+    extra_head = " & ".join(SETTING_SHORT[s] for _ in EXTRA_METRICS for s in SETTINGS)
     lines = [
-        "% generated by stripes.report; " + t.get("caption", tname),
-        "\\begin{tabular}{ll" + "c" * 8 + "}", "\\toprule",
-        " & & \\multicolumn{4}{c}{Train 16 / Test 16} & \\multicolumn{4}{c}{Train 16 / Test 64} \\\\",
-        f"Context & PE & {head} & {head} \\\\", "\\midrule",
+        "% generated by stripes.report; " + caption_text(spec, t, tname),
+        "\\begin{tabular}{ll" + "c" * (n_cols - 2) + "}", "\\toprule",
+        " & & \\multicolumn{4}{c}{Train 16 / Test 16} & \\multicolumn{4}{c}{Train 16 / Test 64}"
+        f" & \\multicolumn{{{n_extra}}}{{c}}{{BCE$\\downarrow$ (nats/cell, not in the paper)}} \\\\",
+        f"Context & PE & {head} & {head} & {extra_head} \\\\", "\\midrule",
     ]
     prev = None
     for r in rows:
         if prev is not None and r.context != prev:
             lines.append("\\midrule")
         prev = r.context
-        cells = []
-        for s in SETTINGS:
-            for m in METRIC_ORDER:
-                c = r.cells[(s, m)]
-                if c.state != "ok":
-                    cells.append("--" if c.state == "missing" else "n/a")
-                    continue
-                mark = {"*": "$^{*}$", "†": "$^{\\dagger}$"}.get(c.mark, "")
-                txt = f"{c.mean:.2f}$\\pm${c.std:.2f}"
-                if c.best:
-                    txt = f"\\underline{{{txt}}}"
-                if c.best_overall:
-                    txt = f"\\textbf{{{txt}}}"
-                cells.append(txt + mark)
+        keys = [(s, m) for s in SETTINGS for m in METRIC_ORDER] + [(s, m) for m in EXTRA_METRICS for s in SETTINGS]
+        cells = [_latex_cell(r.cells[k], DECIMALS.get(k[1], 2)) for k in keys]
         pe = r.pe.replace("_", "\\_")
         lines.append(f"{r.context.upper()} & {pe} & " + " & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines.append("\\bottomrule")
+    notes = ["BCE: mean test binary cross-entropy in nats per cell, threshold-free; not in the paper."]
+    notes += [f"$^{{\\mathrm{{{k}}}}}$ {FLAG_TEXT[k]} (seed counts: CSV flags\\_16, flags\\_64)." for k in flagged_marks(rows)]
+    note = scale_note(spec)
+    if note:
+        notes.append(f"\\textbf{{{note[0].upper() + note[1:]}.}}")
+    lines += [f"\\multicolumn{{{n_cols}}}{{l}}{{\\footnotesize {n}}} \\\\" for n in notes]
+    lines.append("\\end{tabular}")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _latex_cell(c: Cell, nd: int) -> str:
+    if c.state != "ok":
+        return "--" if c.state == "missing" else "n/a"
+    marks = {"*": "*", "†": "\\dagger"}.get(c.mark, "")
+    if c.flags:
+        marks += ("," if marks else "") + f"\\mathrm{{{c.flags}}}"
+    txt = f"{c.mean:.{nd}f}$\\pm${c.std:.{nd}f}"
+    if c.best:
+        txt = f"\\underline{{{txt}}}"
+    if c.best_overall:
+        txt = f"\\textbf{{{txt}}}"
+    return txt + (f"$^{{{marks}}}$" if marks else "")
 
 
 # ----------------------------------------------------------------------------- Figure 4

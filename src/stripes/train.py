@@ -9,10 +9,11 @@ What it does, step by step (a *step* is one optimiser update, counted from 0):
   permutation of epoch e is drawn from a generator seeded with ``(seed, e)``, so a resumed run can
   jump straight to step k of an epoch. Batches of ``train.batch_size`` (the last one may be smaller).
 * **Optimiser.** Adam with torch defaults (no weight decay) at peak ``train.lr``.
-* **Schedule.** ``lr(s) = lr * min(1, (s + 1) / S_w) * step_gamma ** epoch(s)`` with
-  ``S_w = warmup_epochs * steps_per_epoch``: a per-step linear warm-up *chained* (multiplied) with
-  an epoch-wise StepLR. (The [S24] code's warm-up overrides the StepLR factor while it runs
-  instead; see the report.)
+* **Schedule.** With ``S_w = round(warmup_epochs * steps_per_epoch)``, ``epoch(s) = s // steps_per_epoch``
+  and ``E_w = epoch(S_w - 1)`` (the epoch of the last warm-up step; 0 without warm-up):
+  ``lr(s) = lr * (s + 1) / S_w`` for ``s < S_w``, else ``lr * step_gamma ** (epoch(s) - E_w)``.
+  As in the [S24] code the warm-up overrides the StepLR while it runs, so it reaches the peak, and
+  the decay then starts from the peak at the first epoch end after it (docs/schedule.md).
 * **Length curriculum.** At step ``s <= S_c = curriculum_epochs * steps_per_epoch``, x, y and
   positions are truncated to ``L_s = (W - m) * s // S_c + m`` frames (m = curriculum_min_frames).
 * **Loss.** Mean BCE with logits over all cells; gradient-norm clipping at ``train.grad_clip``.
@@ -170,16 +171,25 @@ def make_model(cfg: dict) -> torch.nn.Module:
 
 
 class LRFactor:
-    """Multiplier of the peak lr at (0-based) step s: chained linear warm-up x StepLR."""
+    """Multiplier of the peak lr at (0-based) step s: linear warm-up, then StepLR from the peak.
+
+    ``(s + 1) / S_w`` for ``s < S_w``, else ``gamma ** (s // spe - E_w)`` with ``E_w = (S_w - 1) // spe``
+    (0 when ``S_w == 0``). In the [S24] code the per-step warm-up sets the lr outright, discarding the
+    StepLR decays of the epochs it spans; once done it leaves the lr alone, and every later epoch end
+    multiplies it by gamma, the first being the end of the epoch holding the last warm-up step.
+    """
 
     def __init__(self, steps_per_epoch: int, warmup_epochs: float, gamma: float):
+        # only these three primitives live in __dict__: LambdaLR saves and restores it in last.pt
         self.spe = max(1, int(steps_per_epoch))
         self.warmup_steps = int(round(warmup_epochs * self.spe))
         self.gamma = float(gamma)
 
     def __call__(self, step: int) -> float:
-        warm = 1.0 if self.warmup_steps <= 0 else min(1.0, (step + 1) / self.warmup_steps)
-        return warm * self.gamma ** (step // self.spe)
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        peak_epoch = max(0, self.warmup_steps - 1) // self.spe
+        return self.gamma ** (step // self.spe - peak_epoch)
 
 
 def curriculum_length(step: int, window: int, curriculum_steps: int, min_frames: int) -> int:

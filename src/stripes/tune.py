@@ -16,7 +16,19 @@
   ``RandomSampler``, seeded with :func:`stripes.config.stable_seed` of (pe, context).
 * Each trial trains through ``stripes.train.train(cfg, out_dir, callback)``; the callback reports
   the validation loss to the trial and raises ``optuna.TrialPruned`` when the pruner says so.
-* Outputs: ``best.json`` (best params as dotted run-config paths, value, trial) and ``trials.csv``.
+* Objective (``tune.objective``), as in the papers (paper-spec A16: the learning rate is chosen
+  together with the binarisation):
+
+  - ``val_selected`` (default): the trial's best checkpoint predicts the validation windows, the
+    binarisation grid is scored there and the ``eval.selection`` rule picks a candidate; the
+    objective is that candidate's validation CS (maximised), or its SSMD (minimised) for the
+    ``min_ssmd`` rule. The trial keeps the chosen strategy, threshold and gap.
+  - ``best_val_loss`` / ``last_val_loss``: the validation BCE (minimised), without binarisation.
+
+  With a maximised objective the pruner is given the negated validation loss, so that the
+  MedianPruner still prunes the trials whose loss is worst.
+* Outputs: ``best.json`` (best params as dotted run-config paths, value, trial, the objective's
+  direction and, for ``val_selected``, the chosen ``binarization``) and ``trials.csv``.
 * MLflow (optional, ``--experiment``): one parent run per study, one child run per trial.
 """
 
@@ -42,12 +54,23 @@ DEFAULT_SPEC: dict[str, Any] = {
     "sampler": "grid",
     "n_trials": None,
     "seed": 0,
-    "objective": "best_val_loss",
+    "objective": "val_selected",
     "space": {"train.lr": {"type": "categorical", "choices": [1e-4, 5e-4, 1e-3]}},
     "pruner": {"type": "none"},
     "overrides": {},
 }
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+OBJECTIVES = ("val_selected", "best_val_loss", "last_val_loss")
+
+
+def direction(spec: dict, base_cfg: dict) -> str:
+    """``maximize`` for the validation CS of the selected binarisation, else ``minimize``."""
+    if spec["objective"] == "val_selected":
+        rule = (base_cfg.get("eval") or {}).get("selection", "fixed")
+        return "minimize" if rule == "min_ssmd" else "maximize"
+    if spec["objective"] in OBJECTIVES:
+        return "minimize"
+    raise ValueError(f"tune.objective: unknown objective {spec['objective']!r}; known: {', '.join(OBJECTIVES)}")
 
 
 def full_spec(spec: dict | None) -> dict:
@@ -146,6 +169,7 @@ def train_objective(base_cfg: dict, spec: dict, out_dir: Path, tracker=None, par
             )
             tracker.log_params(run_id, {**params, "trial": trial.number})
         losses: list[float] = []
+        sign = -1.0 if direction(spec, base_cfg) == "maximize" else 1.0
 
         def callback(event: dict) -> None:
             val = float(event["val_loss"])
@@ -154,18 +178,33 @@ def train_objective(base_cfg: dict, spec: dict, out_dir: Path, tracker=None, par
             if tracker is not None:
                 tracker.log_metrics(run_id, {k: event[k] for k in ("val_loss", "train_loss", "lr") if k in event},
                                     step=int(event.get("step", step)))
-            trial.report(val, step)
+            trial.report(sign * val, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at validation {step} (val_loss={val:.4f})")
 
         status = "FAILED"
         try:
             summary = train(cfg, trial_dir, callback=callback) or {}
-            value = objective_value(spec, losses, summary)
+            if spec["objective"] == "val_selected":
+                from stripes.evaluate import selected_validation_score
+
+                binarization = selected_validation_score(cfg, trial_dir / "best.pt")
+                binarization.pop("per_metric", None)
+                trial.set_user_attr("binarization", binarization)
+                value = binarization["val_ssmd50" if binarization["rule"] == "min_ssmd" else "val_cs"]
+                if tracker is not None:
+                    tracker.log_params(run_id, {f"binarization.{k}": binarization[k]
+                                                for k in ("rule", "strategy", "threshold", "gap")})
+                    tracker.log_metrics(run_id, {f"binarization.{k}": v for k, v in binarization.items()
+                                                 if k.startswith("val_") and isinstance(v, float)})
+            else:
+                value = objective_value(spec, losses, summary)
+            if not math.isfinite(float(value)):
+                raise ValueError(f"trial {trial.number}: objective {spec['objective']} is {value}")
             status = "FINISHED"
             if tracker is not None:
                 tracker.log_metrics(run_id, {"objective": value})
-            return value
+            return float(value)
         except optuna.TrialPruned:
             status = "KILLED"
             raise
@@ -194,7 +233,7 @@ def objective_value(spec: dict, losses: list[float], summary: dict) -> float:
 
 
 def open_study(work_journal: Path, pe: str, context: str, spec: dict, fingerprint: str,
-               storage_settings: dict | None = None) -> optuna.Study:
+               storage_settings: dict | None = None, study_direction: str = "minimize") -> optuna.Study:
     """Open (or resume) the study. ``storage_settings``: ``tune.storage`` (stripes.storage); the
     default is the journal file ``work_journal``; an RDB names the study with its fingerprint."""
     settings = optuna_storage_settings(storage_settings)
@@ -215,7 +254,7 @@ def open_study(work_journal: Path, pe: str, context: str, spec: dict, fingerprin
         storage=storage,
         sampler=make_sampler(spec, sampler_seed(pe, context)),
         pruner=make_pruner(spec),
-        direction="minimize",
+        direction=study_direction,
         load_if_exists=True,
     )
     study.set_user_attr("fingerprint", fingerprint)
@@ -281,7 +320,8 @@ def run_study(
     fingerprint = config_hash({"cfg": base_cfg, "spec": spec})
     work_journal = out / "work" / "study.journal"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(work_journal, pe, context, spec, fingerprint, storage_settings)
+    study_direction = direction(spec, base_cfg)
+    study = open_study(work_journal, pe, context, spec, fingerprint, storage_settings, study_direction)
 
     parent_run_id = None
     if tracker is not None:
@@ -320,7 +360,8 @@ def run_study(
     complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise RuntimeError(f"tune {pe}/{context}: no trial completed ({len(finished)} finished, all pruned)")
-    best = min(complete, key=lambda t: (t.value, t.number))
+    sign = -1.0 if study_direction == "maximize" else 1.0
+    best = min(complete, key=lambda t: (sign * t.value, t.number))
     result = {
         "pe": pe,
         "context": context,
@@ -328,6 +369,7 @@ def run_study(
         "value": best.value,
         "trial": best.number,
         "objective": spec["objective"],
+        "direction": study_direction,
         "sampler": spec["sampler"],
         "sampler_seed": sampler_seed(pe, context),
         "n_trials": len(finished),
@@ -335,6 +377,8 @@ def run_study(
         "resumed_with": done,
         "fingerprint": fingerprint,
     }
+    if "binarization" in best.user_attrs:
+        result["binarization"] = best.user_attrs["binarization"]
     write_trials_csv(study, out / "trials.csv")
     if storage_settings["backend"] == "journal":
         shutil.copyfile(work_journal, out / "study.journal")
@@ -343,6 +387,9 @@ def run_study(
     if tracker is not None:
         tracker.log_metrics(parent_run_id, {"best_value": best.value, "n_complete": len(complete)})
         tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in best.params.items()})
+        if "binarization" in result:
+            tracker.log_params(parent_run_id, {f"best.binarization.{k}": result["binarization"][k]
+                                               for k in ("rule", "strategy", "threshold", "gap")})
         tracker.log_artifact(parent_run_id, out / "trials.csv")
         tracker.end_run(parent_run_id, "FINISHED")
         result["mlflow_run_id"] = parent_run_id
@@ -357,11 +404,15 @@ def write_trials_csv(study: optuna.Study, path: Path) -> None:
     keys = sorted({k for t in trials for k in t.params})
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["number", "state", "value", *keys, "n_reports", "duration_s"])
+        bin_keys = ("strategy", "threshold", "gap")
+        w.writerow(["number", "state", "value", *keys, *(f"binarization.{k}" for k in bin_keys), "n_reports",
+                    "duration_s"])
         for t in trials:
             dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else ""
+            b = t.user_attrs.get("binarization") or {}
             w.writerow([t.number, t.state.name, "" if t.value is None else repr(t.value),
-                        *[t.params.get(k, "") for k in keys], len(t.intermediate_values), dur])
+                        *[t.params.get(k, "") for k in keys], *[b.get(k, "") for k in bin_keys],
+                        len(t.intermediate_values), dur])
 
 
 # ----------------------------------------------------------------------------- CLI
