@@ -93,7 +93,7 @@ def test_metrics_json_contract(evaluated):
     assert js["test_16"]["n_windows"] == 4 and js["test_64"]["n_windows"] == 1
     for setting in ("test_16", "test_64"):
         block = js[setting]
-        for k in ("cs", "ssmd50", "ssmd100", "gs", "ndd", "gs_s24", "ssmd_s24", "ndd_s24", "onset_rate_pred"):
+        for k in ("cs", "ssmd50", "ssmd100", "gs", "ndd", *M.VARIANT_NAMES, "onset_rate_pred"):
             assert isinstance(block[k], float), (setting, k)
         assert 0 <= block["cs"] <= 100 and 0 <= block["gs"] <= 100 and 0 <= block["ndd"] <= 100
         assert block["ssmd100"] == pytest.approx(2 * block["ssmd50"])

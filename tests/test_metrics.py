@@ -140,20 +140,62 @@ def test_partial_trailing_unit_is_kept():
 
 @pytest.mark.parametrize("T", [128, 72])  # 72: partial half-measure, quarter and no partial 16th
 def test_batch_matches_single_windows(T):
-    # compute_metrics is the fast path used by evaluation; it must agree with the reference
-    # single-metric functions, including the partial-unit handling
+    # compute_metrics is the fast path used by evaluation; every reading must agree with the
+    # reference single-metric functions, including the partial-unit handling
     rng = np.random.default_rng(0)
     p = (rng.random((3, T, 128)) > 0.97).astype(np.float32)
     t = (rng.random((3, T, 128)) > 0.97).astype(np.float32)
     allm = M.compute_metrics(p, t, s24=True)
     for i in range(3):
         assert allm["cs"][i] == pytest.approx(M.chroma_similarity(p[i], t[i]), rel=1e-5)
-        assert allm["ssmd50"][i] == pytest.approx(M.ssm_distance(p[i], t[i], 50), rel=1e-5)
+        # primary SSMD = the [S24]-code reading, x50 and x100; the papers' text is the variant
+        assert allm["ssmd50"][i] == pytest.approx(M.ssm_distance_s24(p[i], t[i], scale=50), rel=1e-9)
         assert allm["ssmd100"][i] == pytest.approx(2 * allm["ssmd50"][i])
+        assert allm["ssmd50_onset"][i] == pytest.approx(M.ssm_distance(p[i], t[i], 50), rel=1e-5)
+        assert allm["ssmd100_onset"][i] == pytest.approx(2 * allm["ssmd50_onset"][i])
         assert allm["gs"][i] == pytest.approx(M.grooving_similarity(p[i], t[i]), rel=1e-5)
         assert allm["ndd"][i] == pytest.approx(M.note_density_distance(p[i], t[i]), rel=1e-5)
+        # float64 on both paths: the histogram overlap agrees exactly, not approximately
+        assert allm["gs_s24"][i] == M.grooving_similarity_s24(p[i], t[i])
         assert allm["ndd_s24"][i] == pytest.approx(M.note_density_distance_s24(p[i], t[i]), rel=1e-5)
-    assert set(M.METRIC_NAMES) <= set(allm)
+    assert set(allm) == set(M.METRIC_NAMES) | set(M.VARIANT_NAMES) | {"onset_rate_pred", "onset_rate_tgt"}
+    assert set(M.compute_metrics(p, t)) == set(M.METRIC_NAMES) | {"onset_rate_pred", "onset_rate_tgt"}
+
+
+def test_reading_names():
+    # the key contract of evaluation's CSVs and of the calibration table
+    assert M.METRIC_NAMES == ("cs", "ssmd50", "ssmd100", "gs", "ndd")
+    assert M.VARIANT_NAMES == ("ssmd50_onset", "ssmd100_onset", "gs_s24", "ndd_s24")
+    assert M.READING_NAMES == ("cs_onset", "ssmd50_onset", "ssmd100_onset", "ssmd50_s24", "ssmd100_s24",
+                               "gs_quarter", "gs_s24", "ndd_missing", "ndd_s24")
+    with pytest.raises(KeyError, match="ssmd_s24"):
+        M.metric_readings(np.zeros((32, 128)), np.zeros((32, 128)), ["ssmd_s24"])
+
+
+def test_primary_ssmd_is_the_s24_reading_hand_values():
+    # T = 8: four 2-tick units and one (partial) half-measure. Target: C over units 0-1, E in
+    # unit 2, unit 3 silent. [S24] reading: S_t has the 2x2 C block (4 ones) + S(2,2) = 1 -> 5 of
+    # 16 entries; an empty prediction has S_p = 0 -> mean 5/16 -> x50 = 15.625, x100 = 31.25.
+    # Papers'-text reading: one half-measure with onsets C, E -> S_t = [[1]] -> x50 = 50.
+    t = roll(8, [(C, 0, 4), (E, 4, 6)])
+    p = np.zeros_like(t)
+    m = M.compute_metrics(p, t, s24=True)
+    assert m["ssmd50"][0] == 50 * 5 / 16
+    assert m["ssmd100"][0] == 100 * 5 / 16
+    assert m["ssmd50_onset"][0] == pytest.approx(50.0)
+    assert M.ssm_distance_s24(p, t, scale=50) == 50 * 5 / 16
+
+
+def test_ssmd_s24_counts_active_cells_not_onsets():
+    # units 0 and 1 (ticks 0-3): target C and E held over both ticks of unit 0 -> (2, 2); in unit
+    # 1 E stops after one tick -> (2, 1): S_t(0, 1) = cos((2,2),(2,1)) = 6 / (sqrt8 sqrt5) = 3/sqrt10.
+    # The prediction holds E over unit 1 too -> (2, 2): S_p = all ones. Same onsets, so the
+    # papers'-text reading sees no difference; the [S24] reading: |diff| = 1 - 3/sqrt10 at the
+    # two off-diagonal entries of 4 -> x100 = 50 (1 - 3/sqrt10).
+    t = roll(4, [(C, 0, 4), (E, 0, 3)])
+    p = roll(4, [(C, 0, 4), (E, 0, 4)])
+    assert M.ssm_distance_s24(p, t) == pytest.approx(50 * (1 - 3 / np.sqrt(10)), rel=1e-12)
+    assert M.ssm_distance(p, t) == 0.0
 
 
 def test_s24_variants_hand_values():
@@ -164,6 +206,29 @@ def test_s24_variants_hand_values():
     # identical rolls: SSMD 0; histogram overlap = all 16ths in common bins / 20 bins
     assert M.ssm_distance_s24(t, t) == pytest.approx(0.0)
     assert M.grooving_similarity_s24(t, t) == pytest.approx(4 / 20)
+
+
+def _onsets_per_16th(counts, T=16):
+    """A roll whose 16th u has counts[u] onsets (distinct pitches struck at its first tick)."""
+    return roll(T, [(40 + k, 4 * u, 4 * u + 1) for u, c in enumerate(counts) for k in range(c)])
+
+
+def test_gs_s24_is_float64_at_bin_edges():
+    # Per-16th onset counts: prediction (4, 2, 2, 1), norm 5 -> (0.8, 0.4, 0.4, 0.2); target
+    # (6, 3, 2, 0), norm 7 -> (6/7, 3/7, 2/7, 0). Joint range [0, 6/7], 20 bins of width 3/70:
+    #   prediction: 0.2 = 14/70 -> bin 4; 0.4 = 28/70 -> bin 9 (twice); 0.8 = 56/70 -> bin 18;
+    #   target: 0 -> bin 0; 2/7 = 20/70 -> bin 6; 6/7 -> bin 19 (last bin is closed);
+    #   3/7 = 30/70 lies exactly on edge 10. In float64 (the authors' code: numpy float64 rolls,
+    #   torch normalize of a float64 tensor, np.histogram) edge 10 = 10 * (6/7) / 20 rounds to
+    #   0.42857142857142860315, one ulp above the double 3/7 = 0.42857142857142854764, so 3/7
+    #   falls in bin 9 with the prediction's two 0.4: overlap min(2, 1) = 1 -> GS = 1/20 = 0.05.
+    #   In float32, 3/7 and edge 10 round to the same float and 3/7 lands in bin 10: GS 0.
+    p = _onsets_per_16th([4, 2, 2, 1])
+    t = _onsets_per_16th([6, 3, 2, 0])
+    assert M.grooving_similarity_s24(p, t) == 0.05
+    assert M.compute_metrics(p, t, s24=True)["gs_s24"][0] == 0.05
+    # the rolls going in as float32 or bool must not change that
+    assert M.grooving_similarity_s24(p.astype(bool), t.astype(bool)) == 0.05
 
 
 def test_shape_mismatch_is_an_error():

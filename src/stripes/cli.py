@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("stripes.data.fetch", "resolve and verify POP909 and the structure annotations"),
     "prepare": ("stripes.data.prepare", "pianorolls, context streams, split and windows"),
     "mi": ("stripes.mi", "mutual-information table (paper Table I)"),
+    "calibrate": ("stripes.calibrate", "metric floors: every metric reading on reference predictions"),
     "toy": ("stripes.toy", "D=2 kernel analysis (paper Figs. 2-3)"),
     "train": ("stripes.train", "train one harmonizer from a resolved run config"),
     "evaluate": ("stripes.evaluate", "evaluate a checkpoint on 16- and 64-bar test windows"),

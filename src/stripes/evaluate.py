@@ -397,7 +397,9 @@ def evaluate(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLik
         "run": run_name(cfg),
         "checkpoint": str(checkpoint),
         "checkpoint_step": int(ck.get("step", -1)),
-        "metric_variant": "paper" + ("+s24" if ec["s24_metrics"] else ""),
+        # which reading each plain key holds (docs/metric-readings.md), and whether variants follow
+        "metric_variant": "primary:" + ",".join(f"{m}={r[0]}" for m, r in metmod.READINGS.items())
+                          + ("+variants" if ec["s24_metrics"] else ""),
         "device": devmod.describe(dev),
         "wall_s": time.perf_counter() - t0,
     })

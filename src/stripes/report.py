@@ -586,6 +586,9 @@ def aggregate(spec: dict, out_root: str | Path = "results") -> dict:
             else:
                 write_latex(spec, tname, rows, p)
             written.append(str(p))
+    from stripes.protocol import write_selection_tables
+
+    written += write_selection_tables(spec, runs_root, tables_dir)
     # failures: every expected run without usable metrics
     failures = []
     for pe, ctx, seed in spec.get("runs", []):

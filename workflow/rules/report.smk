@@ -44,6 +44,7 @@ rule aggregate:
         md=[f"{RESULTS}/tables/{n}.md" for n in TABLE_NAMES],
         tex=[f"{RESULTS}/tables/{n}.tex" for n in TABLE_NAMES],
         failures=f"{RESULTS}/tables/failures.csv",
+        selection=[f"{RESULTS}/tables/selection_rules.csv", f"{RESULTS}/tables/selection_rules.md"],
         figure=[report(MI_FIGURE, caption="../report/mi_vs_performance.rst", category="Figures")] if HAS_MI_FIGURE else [],
         record=f"{RESULTS}/mlflow/summary_run.json",
     params:
