@@ -546,7 +546,9 @@ def test_grid_point_of_a_killed_trial_is_retried_not_a_duplicate(tmp_path):
     from stripes import tune
 
     lrs = [1e-4, 5e-4, 1e-3]
-    spec = tune.full_spec({"space": {"train.lr": {"type": "categorical", "choices": lrs}}})
+    # the fake objective below is a loss (minimised)
+    spec = tune.full_spec({"space": {"train.lr": {"type": "categorical", "choices": lrs}},
+                           "objective": "best_val_loss"})
     cfg = {"run": {"pe": "nope", "context": "time", "seed": 0, "stage": "tune"}, "train": {}, "model": {}}
     from stripes.config import config_hash
 
@@ -568,7 +570,8 @@ def test_grid_point_of_a_killed_trial_is_retried_not_a_duplicate(tmp_path):
             seen.append(lr)
             return lr
 
-        res = tune.run_study(cfg, {"space": spec["space"]}, "nope", "time", tmp_path, objective=objective)
+        res = tune.run_study(cfg, {"space": spec["space"], "objective": "best_val_loss"}, "nope", "time", tmp_path,
+                             objective=objective)
         st = optuna.load_study(study_name="nope.time", storage=tune.journal_storage(journal))
         done = sorted(t.params["train.lr"] for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE)
         assert done == lrs, (killed_at, done)  # every grid point evaluated exactly once

@@ -243,6 +243,7 @@ def test_resume_after_sigkill_is_exact(reference_run, tmp_path):
     assert _curves(out) == _curves(ref)
     assert _same_weights(out / "last.pt", ref / "last.pt")
     assert _same_weights(out / "best.pt", ref / "best.pt")
+    assert not (out / "stale").exists()  # resumed: nothing was taken for stale or corrupt
 
 
 @pytest.mark.data
@@ -307,14 +308,96 @@ def test_callback_events_and_pruning_leaves_resumable_state(data_dir, tmp_path, 
     assert _curves(tmp_path) == _curves(reference_run[1])
 
 
+def _stale(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "stale").iterdir()) if (out / "stale").exists() else []
+
+
 @pytest.mark.data
-def test_resume_refuses_a_different_config(data_dir, tmp_path):
+def test_changed_config_archives_the_old_run_and_starts_over(data_dir, tmp_path, capfd):
+    """The reported bug: after `train.epochs` changed, every rerun failed with "rerun with
+    --no-resume", which a Snakemake rerun cannot pass."""
+    out = tmp_path / "run"
+    old_cfg, new_cfg = tiny_cfg(data_dir, epochs=1), tiny_cfg(data_dir, epochs=2)
+    T.train(old_cfg, out)
+    old_files = {name: (out / name).read_bytes() for name in T.RUN_FILES}
+    capfd.readouterr()
+    summary = T.train(new_cfg, out)
+    old_fp, new_fp = T.fingerprint(old_cfg), T.fingerprint(new_cfg)
+    (archive,) = _stale(out)
+    assert archive.startswith(f"{old_fp}-")
+    assert capfd.readouterr().err == (
+        f"stripes train: run rope_c/bin/seed0: {out / 'last.pt'} was written with a different config "
+        f"(fingerprint {old_fp} != {new_fp}); moved the old run's files to {out / 'stale' / archive} and "
+        "starting over\n")
+    # the old run is kept whole, byte for byte
+    assert {p.name: p.read_bytes() for p in (out / "stale" / archive).iterdir()} == old_files
+    # the new run started from scratch: the same as a run of the new config in an empty folder
+    fresh = tmp_path / "fresh"
+    T.train(new_cfg, fresh)
+    assert summary["steps"] == 8 and summary["fingerprint"] == new_fp
+    assert _curves(out) == _curves(fresh)
+    assert _same_weights(out / "last.pt", fresh / "last.pt")
+    # an unchanged config resumes (here: an already finished run) and archives nothing more
+    capfd.readouterr()
+    again = T.train(new_cfg, out)
+    assert capfd.readouterr().err == "" and _stale(out) == [archive]
+    assert {k: again[k] for k in ("best_val_loss", "best_step", "steps")} == \
+        {k: summary[k] for k in ("best_val_loss", "best_step", "steps")}
+    # --no-resume still deletes instead of archiving
+    T.train(new_cfg, out, resume=False)
+    assert _stale(out) == [archive]
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("damage", ["truncated", "not_a_checkpoint", "missing_keys"])
+def test_unloadable_last_pt_is_set_aside_and_the_run_starts_over(data_dir, tmp_path, capfd, damage):
+    """The reported bug: a truncated last.pt ended every retry in a torch traceback naming neither
+    the file nor the fix."""
+    cfg = tiny_cfg(data_dir, epochs=1)
+    ref = tmp_path / "ref"
+    T.train(cfg, ref)
+    out = tmp_path / "run"
+    out.mkdir()
+    last = out / "last.pt"
+    if damage == "truncated":  # a copy cut short, as by a full disk
+        last.write_bytes((ref / "last.pt").read_bytes()[:3000])
+    elif damage == "not_a_checkpoint":
+        last.write_bytes(b"\x00" * 64)
+    else:  # loads, but cannot resume a run
+        torch.save({"step": 3, "fingerprint": T.fingerprint(cfg)}, last)
+    damaged = last.read_bytes()
+    capfd.readouterr()
+    T.train(cfg, out)
+    (aside,) = _stale(out)
+    assert aside.startswith("corrupt-") and aside.endswith(".pt")
+    assert (out / "stale" / aside).read_bytes() == damaged
+    err = capfd.readouterr().err
+    assert err.startswith(f"stripes train: run rope_c/bin/seed0: {last} cannot be loaded (")
+    assert err.endswith(f"); moved it to {out / 'stale' / aside} and starting over\n") and err.count("\n") == 1
+    if damage == "missing_keys":
+        assert "(KeyError: 'lacks best_step, best_val_loss, history, model, optimizer, rng, scheduler, " \
+               "train_frames, train_time_s, wall_s')" in err
+    # started over: identical to the undamaged run
+    assert _curves(out) == _curves(ref)
+    assert _same_weights(out / "last.pt", ref / "last.pt")
+
+
+@pytest.mark.data
+def test_checkpoint_of_a_differently_shaped_model_is_archived(data_dir, tmp_path, capfd, monkeypatch):
+    # the model code changed under an unchanged config (the fingerprint cannot see code): loading
+    # the old weights would fail inside load_state_dict
     cfg = tiny_cfg(data_dir, epochs=1)
     T.train(cfg, tmp_path)
-    with pytest.raises(ValueError, match="no-resume"):
-        T.train(tiny_cfg(data_dir, epochs=1, lr=1e-4), tmp_path)
-    # --no-resume starts over
-    T.train(tiny_cfg(data_dir, epochs=1, lr=1e-4), tmp_path, resume=False)
+    real = T.make_model
+    monkeypatch.setattr(T, "make_model", lambda c: real({**c, "model": {**c["model"], "d_ff": 48}}))
+    capfd.readouterr()
+    summary = T.train(cfg, tmp_path)
+    (archive,) = _stale(tmp_path)
+    fp = T.fingerprint(cfg)
+    assert capfd.readouterr().err == (
+        f"stripes train: run rope_c/bin/seed0: {tmp_path / 'last.pt'} holds weights of a differently shaped model "
+        f"(the model code changed); moved the old run's files to {tmp_path / 'stale' / archive} and starting over\n")
+    assert archive.startswith(f"{fp}-") and summary["steps"] == 4
 
 
 @pytest.mark.data

@@ -237,3 +237,156 @@ def test_tiny_real_torch_objective_is_deterministic(tmp_path):
 def test_cli_rejects_missing_args():
     with pytest.raises(SystemExit):
         tune.main(["--pe", "nope"])
+
+
+# ----------------------------------------------------------------------------- failed studies
+
+N_HEADS_ERROR = "d_model=64 is not divisible by n_heads=3"  # what stripes.model raises for that config
+
+
+def _journal_trials(out):
+    backend = optuna.storages.journal.JournalFileBackend(str(out / "work" / "study.journal"))
+    storage = optuna.storages.JournalStorage(backend)
+    return sorted(optuna.load_study(study_name="rope_c.bin", storage=storage).trials, key=lambda t: t.number)
+
+
+def test_no_trial_completed_counts_failed_and_pruned_and_keeps_the_last_good_result(tmp_path):
+    """The reported bug: a config whose trials all FAIL (n_heads 3 with d_model 64) said "all
+    pruned", and the failed job's best.json (removed by Snakemake) was the only copy of the result."""
+    good = tune.run_study(base_cfg(), LOSS, "rope_c", "bin", tmp_path, objective=fake_objective)
+    kept = tmp_path / "work" / "best.json"
+    assert json.loads(kept.read_text()) == good == json.loads((tmp_path / "best.json").read_text())
+
+    def broken(trial):
+        lr = trial.suggest_categorical("train.lr", [1e-4, 5e-4, 1e-3])
+        if lr == 5e-4:
+            raise optuna.TrialPruned("pruned at validation 0")
+        raise ValueError(N_HEADS_ERROR + "\n(second line of the message, left out)")
+
+    cfg = base_cfg()
+    cfg["model"] = {"d_model": 64, "n_heads": 3}  # a changed config: the study starts afresh
+    with pytest.raises(RuntimeError) as err:
+        tune.run_study(cfg, LOSS, "rope_c", "bin", tmp_path, objective=broken)
+    trials = _journal_trials(tmp_path)
+    first = next(t for t in trials if t.state == optuna.trial.TrialState.FAIL)
+    assert [t.state.name for t in trials].count("FAIL") == 2
+    assert str(err.value) == (
+        "tune rope_c/bin: no trial completed (0 complete, 1 pruned, 2 failed). "
+        f"First failed trial: {first.number} {{'train.lr': {first.params['train.lr']}}}: ValueError: {N_HEADS_ERROR}. "
+        "Fix the cause (the traceback is in the job log) and rerun. "
+        f"The last good result, tuned under an earlier config, is kept in {kept} (params {{'train.lr': 0.0005}}, "
+        f"value 0.1, fingerprint {good['fingerprint']}); Snakemake removes {tmp_path / 'best.json'} with the "
+        "outputs of a failed job.")
+    assert json.loads(kept.read_text()) == good  # the failed study did not touch it
+
+
+def test_all_pruned_says_so_and_points_at_the_pruner(tmp_path):
+    def pruned(trial):
+        trial.suggest_categorical("train.lr", [1e-4, 5e-4, 1e-3])
+        raise optuna.TrialPruned()
+
+    with pytest.raises(RuntimeError) as err:
+        tune.run_study(base_cfg(), LOSS, "rope_c", "bin", tmp_path, objective=pruned)
+    assert str(err.value) == ("tune rope_c/bin: no trial completed (0 complete, 3 pruned, 0 failed). The pruner "
+                              "stopped every trial: loosen tune.pruner (n_warmup_steps, n_startup_trials).")
+    assert not (tmp_path / "work" / "best.json").exists()  # nothing good to keep, nothing invented
+
+
+def test_a_trial_killed_with_its_job_fails_without_an_error_text(tmp_path):
+    # a trial left RUNNING by a killed job is marked FAIL on the rerun: there is no error to quote
+    spec = tune.full_spec({**LOSS, "space": GRID})
+    from stripes.config import config_hash
+
+    fp = config_hash({"cfg": base_cfg(), "spec": spec})
+    study = tune.open_study(tmp_path / "work" / "study.journal", "rope_c", "bin", spec, fp)
+    study.ask().suggest_categorical("train.lr", GRID["train.lr"]["choices"])  # ... and the job dies
+
+    def pruned(trial):
+        trial.suggest_categorical("train.lr", GRID["train.lr"]["choices"])
+        raise optuna.TrialPruned()
+
+    with pytest.raises(RuntimeError) as err:
+        tune.run_study(base_cfg(), {**LOSS, "space": GRID}, "rope_c", "bin", tmp_path, objective=pruned)
+    killed = _journal_trials(tmp_path)[0]
+    assert killed.state == optuna.trial.TrialState.FAIL and "error" not in killed.user_attrs
+    assert str(err.value) == (
+        "tune rope_c/bin: no trial completed (0 complete, 3 pruned, 1 failed). "
+        f"First failed trial: 0 {killed.params}: no error recorded (its job was killed, or the objective "
+        "returned no finite value). Fix the cause (the traceback is in the job log) and rerun.")
+
+
+# ----------------------------------------------------------------------------- stale MLflow pointers
+
+
+def test_parent_pointer_to_a_deleted_tracking_store_starts_a_new_parent_run(tmp_path, capsys):
+    """The reported bug: after `rm -r results/mlflow` every rerun of a tune job died with
+    "Run with id=... not found" raised for results/tune/*/work/mlflow_parent.json."""
+    import shutil
+
+    from stripes import tracking
+
+    def tracker(store=tmp_path / "mlflow"):
+        if not (store / "experiment.json").exists():  # what the mlflow_init rule does
+            tracking.init_tracking(f"sqlite:///{store}/mlflow.db", store / "artifacts", "test",
+                                   store / "experiment.json")
+        return tracking.Tracker.from_experiment_file(store / "experiment.json")
+
+    out = tmp_path / "tune"
+    pointer = out / "work" / "mlflow_parent.json"
+    first = tune.run_study(base_cfg(), LOSS, "rope_c", "bin", out, objective=fake_objective, tracker=tracker())
+    p1 = first["mlflow_run_id"]
+    assert json.loads(pointer.read_text())["run_id"] == p1
+    # control: the store is intact, so the rerun logs into the same parent run, silently
+    capsys.readouterr()
+    assert tune.run_study(base_cfg(), LOSS, "rope_c", "bin", out, objective=fake_objective,
+                          tracker=tracker())["mlflow_run_id"] == p1
+    assert capsys.readouterr().err == ""
+
+    shutil.rmtree(tmp_path / "mlflow")
+    # a new store: in this process MLflow caches the engine of the old URI (which still writes to
+    # the unlinked file), so the recreated store gets a path of its own
+    tr = tracker(tmp_path / "mlflow2")
+    capsys.readouterr()  # MLflow's own lines about creating the DB
+    second = tune.run_study(base_cfg(), LOSS, "rope_c", "bin", out, objective=fake_objective, tracker=tr)
+    p2 = second["mlflow_run_id"]
+    assert p2 != p1 and second["params"] == first["params"] and second["resumed_with"] == 3
+    assert capsys.readouterr().err == (
+        f"stripes tune: rope_c/bin: {pointer} points to MLflow run {p1}, which is not in the tracking store "
+        f"{tr.tracking_uri} (was results/mlflow deleted?); starting a new parent run and rewriting "
+        "mlflow_parent.json\n")
+    run = tr.client.get_run(p2)
+    assert run.info.status == "FINISHED" and run.data.metrics["best_value"] == 0.1
+    assert json.loads(pointer.read_text())["run_id"] == p2
+
+    # the run deleted in the UI (or its experiment): the same way
+    tr.client.delete_run(p2)
+    third = tune.run_study(base_cfg(), LOSS, "rope_c", "bin", out, objective=fake_objective, tracker=tr)
+    assert third["mlflow_run_id"] not in (p1, p2)
+    assert capsys.readouterr().err == (
+        f"stripes tune: rope_c/bin: {pointer} points to MLflow run {p2}, which was deleted (it or its experiment); "
+        "starting a new parent run and rewriting mlflow_parent.json\n")
+
+
+def test_cli_ends_a_study_of_failed_trials_with_one_line(tmp_path, monkeypatch, capsys):
+    # the real train_objective, with a training that fails as build_model does for n_heads 3, d_model 64
+    import stripes
+
+    def train(cfg, out_dir, callback=None):
+        raise ValueError(N_HEADS_ERROR)
+
+    fake = type(sys)("stripes.train")
+    fake.train = train
+    monkeypatch.setitem(sys.modules, "stripes.train", fake)
+    monkeypatch.setattr(stripes, "train", fake, raising=False)
+    (tmp_path / "config.json").write_text(json.dumps(base_cfg()))
+    (tmp_path / "spec.json").write_text(json.dumps({**LOSS, "space": GRID}))
+    out = tmp_path / "out"
+    rc = tune.main(["--config", str(tmp_path / "config.json"), "--spec", str(tmp_path / "spec.json"), "--pe", "rope_c",
+                    "--context", "bin", "--out", str(out)])
+    first = _journal_trials(out)[0]
+    assert rc == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "stripes tune: error: tune rope_c/bin: no trial completed (0 complete, 0 pruned, 3 failed). "
+        f"First failed trial: 0 {{'train.lr': {first.params['train.lr']}}}: ValueError: {N_HEADS_ERROR}. "
+        "Fix the cause (the traceback is in the job log) and rerun.")
+    assert not (out / "best.json").exists() and not (out / "work" / "best.json").exists()

@@ -12,7 +12,8 @@ Facts this follows (design.md §3, MLflow 3.17):
   of the DAG (``mlflow_run.json``); the tables never query "all runs of the experiment".
 * ``stripes ui`` starts a lean MLflow server (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``,
   ``--workers 1``) on 127.0.0.1 and prints ``http://127.0.0.1:PORT/#/experiments/<id>/runs``
-  (the default page opens in GenAI mode). It needs full mlflow: ``pip install -e '.[ui]'``.
+  (the default page opens in GenAI mode). It needs full mlflow (``make ui`` installs the
+  ``[ui]`` extra, then starts it). SIGTERM/SIGINT stop the server's whole process group.
 
 mlflow is imported lazily (about 1 s), so importing this module is cheap.
 """
@@ -89,6 +90,10 @@ def init_tracking(tracking_uri: str, artifact_root: str | Path, experiment: str,
 # ----------------------------------------------------------------------------- the tracker
 
 
+class TrackingStoreError(RuntimeError):
+    """experiment.json names a tracking DB or experiment that no longer exists."""
+
+
 class Tracker:
     """Thin wrapper over MlflowClient with the study's tags and batched logging."""
 
@@ -103,8 +108,32 @@ class Tracker:
 
     @classmethod
     def from_experiment_file(cls, path: str | Path, source: str = SOURCE_NAME) -> "Tracker":
+        """The tracker of the experiment named in ``path`` (mlflow_init's experiment.json).
+
+        Raises:
+            TrackingStoreError: the file outlived its store (the DB or the experiment is gone). A job
+                must not create them itself (parallel jobs on a fresh DB break), and Snakemake only
+                reruns mlflow_init when experiment.json is missing, so the message says to delete it.
+        """
         info = read_json(path)
-        return cls(info["tracking_uri"], info["experiment_id"], source=source)
+        uri = info["tracking_uri"]
+        fix = (f"delete {path} (or all of {Path(path).parent}) and rerun snakemake: the mlflow_init rule creates "
+               "them again")
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            raise TrackingStoreError(f"{path} names the tracking DB {uri}, which does not exist; {fix}")
+        tracker = cls(uri, info["experiment_id"], source=source)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            stage = tracker.client.get_experiment(tracker.experiment_id).lifecycle_stage
+        except MlflowException as err:
+            if getattr(err, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            stage = "missing"
+        if stage != "active":
+            raise TrackingStoreError(f"{path} names experiment {info.get('experiment')!r} "
+                                     f"(id {tracker.experiment_id}), which is {stage} in {uri}; {fix}")
+        return tracker
 
     @property
     def commit(self) -> str:
@@ -161,6 +190,26 @@ class Tracker:
 
     def reopen_run(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
+
+    def unusable_run(self, run_id: str) -> str | None:
+        """Why ``run_id`` (read from a pointer file) cannot be logged to any more, or None when it can.
+
+        Pointer files (a tune study's work/mlflow_parent.json, a train job's mlflow_run.json) outlive
+        the tracking store: ``rm -r results/mlflow`` makes mlflow_init create a new, empty one.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as err:
+            if getattr(err, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return f"is not in the tracking store {self.tracking_uri} (was results/mlflow deleted?)"
+            raise
+        if str(run.info.experiment_id) != self.experiment_id:
+            return f"belongs to experiment {run.info.experiment_id}, not this study's {self.experiment_id}"
+        if run.info.lifecycle_stage != "active":
+            return "was deleted (it or its experiment)"
+        return None
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -280,7 +329,16 @@ def run_evaluate(config: str | Path, train_dir: str | Path, eval_dir: str | Path
     if trec.get("status") != "ok":
         write_json({"status": "failed", "error": f"training failed: {trec.get('error')}"}, out / "metrics.json")
         return _record(record, **base, status="failed", error="training failed")
-    tracker.reopen_run(run_id)
+    why = tracker.unusable_run(run_id) if run_id else "is missing from the record"
+    if why is None:
+        tracker.reopen_run(run_id)
+    else:  # the evaluation still gets a run of its own, tagged with the training run it could not reach
+        new_id = tracker.start_run(f"{trec.get('pe')}/{trec.get('context')}/seed{trec.get('seed')}",
+                                   tags=tracker.run_tags(cfg, "evaluate",
+                                                         extra={"stripes.missing_train_run": run_id}))
+        print(f"stripes evaluate: {train_record} points to MLflow run {run_id}, which {why}; logging this "
+              f"evaluation to a new run {new_id}", file=sys.stderr, flush=True)
+        run_id = base["run_id"] = new_id
     try:
         from stripes.evaluate import evaluate
 
@@ -343,6 +401,91 @@ def mlflow_server_available() -> bool:
         return False
 
 
+def _become_subreaper() -> bool:
+    """Linux: make this process the reaper of its orphaned descendants.
+
+    When ``mlflow server`` exits, its uvicorn child is re-parented; to PID 1 by default, which
+    in a container may never reap it, so a dead child would look alive to ``killpg(pgid, 0)``.
+    As a subreaper ``stripes ui`` inherits and reaps them itself.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:  # reap the group's members that are (or became) our children first
+        while os.waitpid(-pgid, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_group(pgid: int, sig: int, grace_s: float = 15.0) -> None:
+    """Send ``sig`` to the process group, wait for all its members, SIGKILL what outlives ``grace_s``."""
+    import signal
+
+    for s, wait_s in ((sig, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, s)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.05)
+
+
+def serve(cmd: list[str], env: dict, grace_s: float = 15.0) -> int:
+    """Run the server in its own session; SIGTERM, SIGINT or SIGHUP stop all of it, then return.
+
+    ``mlflow server`` does not pass a SIGTERM on to the uvicorn process it starts, so a signal
+    is forwarded to the server's whole process group (a second one escalates to SIGKILL), and
+    this returns only once no process of the group is left. Returns 0 when stopped by a signal,
+    else the server's exit status.
+    """
+    import signal
+
+    received: list[int] = []
+    proc: subprocess.Popen | None = None
+
+    def forward(signum, _frame):
+        received.append(signum)
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signum if len(received) == 1 else signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, forward) for s in handled}
+    try:
+        _become_subreaper()
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        if received:  # a signal that came while the server was being started
+            forward(received.pop(), None)
+        rc = proc.wait()
+    finally:
+        if proc is not None:
+            stop_group(proc.pid, received[0] if received else signal.SIGTERM, grace_s)
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return 0 if received else rc
+
+
 def job_main(argv: list[str]) -> int:
     """Entry points of the workflow's jobs: ``python -m stripes.tracking init|train|evaluate ...``."""
     ap = argparse.ArgumentParser(prog="python -m stripes.tracking")
@@ -370,15 +513,19 @@ def job_main(argv: list[str]) -> int:
     if args.cmd == "init":
         print(json.dumps(init_tracking(args.tracking_uri, args.artifact_root, args.experiment, args.out)))
         return 0
-    if args.cmd == "train":
-        rec = run_train(args.config, args.train_dir, args.experiment, args.record, args.record_failures)
-    elif args.cmd == "train-evaluate":  # one process: saves the imports of a second job
-        run_train(args.config, args.train_dir, args.experiment, args.record, args.record_failures)
-        rec = run_evaluate(args.config, args.train_dir, args.eval_dir, args.record, args.experiment,
-                           args.eval_record, args.record_failures, args.log_samples)
-    else:
-        rec = run_evaluate(args.config, args.train_dir, args.eval_dir, args.train_record, args.experiment,
-                           args.record, args.record_failures, args.log_samples)
+    try:
+        if args.cmd == "train":
+            rec = run_train(args.config, args.train_dir, args.experiment, args.record, args.record_failures)
+        elif args.cmd == "train-evaluate":  # one process: saves the imports of a second job
+            run_train(args.config, args.train_dir, args.experiment, args.record, args.record_failures)
+            rec = run_evaluate(args.config, args.train_dir, args.eval_dir, args.record, args.experiment,
+                               args.eval_record, args.record_failures, args.log_samples)
+        else:
+            rec = run_evaluate(args.config, args.train_dir, args.eval_dir, args.train_record, args.experiment,
+                               args.record, args.record_failures, args.log_samples)
+    except TrackingStoreError as err:  # not a failure of the run: never written as a failure record
+        print(f"stripes {args.cmd}: error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps({k: v for k, v in rec.items() if k != "traceback"}))
     return 0
 
@@ -406,13 +553,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not mlflow_server_available() or shutil.which(sys.executable) is None:
         print("stripes ui: the MLflow UI needs full mlflow (this environment has mlflow-skinny).\n"
-              "Install it with:  pip install -e '.[ui]'", file=sys.stderr)
+              "Install it with:  make ui  (or: pip install -e '.[ui]')", file=sys.stderr)
         return 3
     print(f"MLflow UI for experiment {info['experiment']!r}: {url}", flush=True)
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+    return serve(cmd, env)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,11 @@ What it does, step by step (a *step* is one optimiser update, counted from 0):
   improved) and then ``last.pt`` (model, optimiser, scheduler, all RNG states, step, best, curve
   history). Both are written to a temporary file and moved into place, and both load with
   ``torch.load(weights_only=True)``. A run killed at any point restarts from ``last.pt`` and ends
-  bit-identical to an uninterrupted run on CPU.
+  bit-identical to an uninterrupted run on CPU. A ``last.pt`` it cannot continue from starts the
+  run over instead of failing (a Snakemake rerun cannot pass ``--no-resume``), with one line on
+  stderr: unreadable -> moved to ``stale/corrupt-<timestamp>.pt``; another config fingerprint,
+  other training data or another model shape -> the old run's files moved to
+  ``stale/<old fingerprint>-<timestamp>/`` (:func:`resumable_checkpoint`).
 * **Outputs.** ``curves.csv`` / ``curves.png`` and the summary ``train.json``.
 * **Failure.** A non-finite loss or gradient norm raises :class:`NonFiniteLossError` (naming run
   and step) before anything is written for that step.
@@ -259,6 +263,90 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+#: the files of one training run in its folder (what a start-over archives or removes)
+RUN_FILES = ("last.pt", "best.pt", "train.json", "curves.csv", "curves.png")
+#: what last.pt must hold to resume from it (besides the fingerprint, checked on its own)
+_RESUME_KEYS = {"model", "optimizer", "scheduler", "rng", "step", "best_val_loss", "best_step", "history",
+                "wall_s", "train_frames", "train_time_s"}
+
+
+def _say(message: str) -> None:
+    # the job log is stderr (the Snakemake rules redirect 2>&1), so one line there is the record
+    print(f"stripes train: {message}", file=sys.stderr, flush=True)
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path`` with ``-1``, ``-2``, ... before its suffix: two start-overs in one second
+    must not overwrite each other's archive."""
+    k, candidate = 0, path
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return candidate
+
+
+def archive_run(out: Path, label: str) -> Path:
+    """Move the run files of ``out`` into a new ``out/stale/<label>-<timestamp>/``; returns that folder."""
+    safe = "".join(c for c in str(label) if c.isalnum() or c in "-_") or "unknown"
+    dest = _free_name(out / "stale" / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}")
+    dest.mkdir(parents=True)
+    for name in RUN_FILES:
+        if (out / name).exists():
+            os.replace(out / name, dest / name)
+    return dest
+
+
+def resumable_checkpoint(out: Path, run: str, fp: str, n_windows: int, steps_per_epoch: int,
+                         model: torch.nn.Module) -> dict | None:
+    """``out/last.pt`` loaded when this run can continue from it, else None (the run starts over).
+
+    Snakemake reruns a job with the same command line, so a checkpoint that cannot be resumed must not
+    stop the job (``--no-resume`` is out of its reach); it is kept aside, never deleted:
+
+    * a file that cannot be loaded (truncated, corrupted, not a checkpoint) is moved to
+      ``out/stale/corrupt-<timestamp>.pt`` (the rest of its unfinished run is replaced by the new one);
+    * one written with another config (fingerprint), for other training data, or holding weights of
+      another model shape (the model code changed), is moved with the other files of its run to
+      ``out/stale/<its fingerprint>-<timestamp>/``, as tuning keeps a stale journal aside.
+
+    Either way one line on stderr names the file, the reason and where it went.
+    """
+    last = out / "last.pt"
+    if not last.exists():
+        return None
+    try:
+        ck = load_checkpoint(last)
+        if not isinstance(ck, dict):
+            raise TypeError(f"holds a {type(ck).__name__}, not a checkpoint dict")
+        missing = sorted(_RESUME_KEYS - set(ck))
+        if missing:
+            raise KeyError(f"lacks {', '.join(missing)}")
+    except Exception as err:  # noqa: BLE001 - any unreadable file is set aside the same way
+        dest = _free_name(out / "stale" / f"corrupt-{time.strftime('%Y%m%d-%H%M%S')}.pt")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(last, dest)
+        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        _say(f"run {run}: {last} cannot be loaded ({type(err).__name__}: {reason}); moved it to {dest} "
+             f"and starting over")
+        return None
+    old_fp = ck.get("fingerprint")
+    order = ck.get("data_order") or {}
+    own = model.state_dict()
+    why = None
+    if old_fp != fp:
+        why = f"was written with a different config (fingerprint {old_fp} != {fp})"
+    elif order and (order.get("n_windows") != n_windows or order.get("steps_per_epoch") != steps_per_epoch):
+        why = (f"was written for other training data ({order.get('n_windows')} windows, now {n_windows}; "
+               f"{order.get('steps_per_epoch')} steps per epoch, now {steps_per_epoch})")
+    elif set(ck["model"]) != set(own) or any(tuple(ck["model"][k].shape) != tuple(v.shape) for k, v in own.items()):
+        why = "holds weights of a differently shaped model (the model code changed)"
+    if why is None:
+        return ck
+    dest = archive_run(out, old_fp or "unknown")
+    _say(f"run {run}: {last} {why}; moved the old run's files to {dest} and starting over")
+    return None
+
+
 def _model_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -357,7 +445,9 @@ def train(
             ``{"epoch", "step", "train_loss", "val_loss", "lr", "frames_per_s", "best_val_loss"}``.
             Exceptions it raises (e.g. ``optuna.TrialPruned``) propagate unchanged.
         device: overrides ``train.device`` ("auto", "cpu", "cuda").
-        resume: continue from ``out_dir/last.pt`` when it exists (default); False starts over.
+        resume: continue from ``out_dir/last.pt`` when it exists and fits this config (default; a
+            stale or unreadable one is set aside under ``out_dir/stale/``); False deletes the run
+            files and starts over.
 
     Raises:
         NonFiniteLossError: NaN/inf training loss, gradient norm or validation loss.
@@ -398,19 +488,8 @@ def train(
 
     step, best_val, best_step, history, elapsed_prev, frames_prev, time_prev = 0, math.inf, -1, [], 0.0, 0, 0.0
     last_path, best_path = out / "last.pt", out / "best.pt"
-    if resume and last_path.exists():
-        ck = load_checkpoint(last_path)
-        if ck.get("fingerprint") != fp:
-            raise ValueError(
-                f"run {name}: {last_path} was written with a different config "
-                f"(fingerprint {ck.get('fingerprint')} != {fp}); rerun with --no-resume to start over"
-            )
-        order = ck.get("data_order") or {}
-        if order and (order.get("n_windows") != n or order.get("steps_per_epoch") != spe):
-            raise ValueError(
-                f"run {name}: the training data changed since {last_path} was written "
-                f"({order.get('n_windows')} -> {n} windows); rerun with --no-resume to start over"
-            )
+    ck = resumable_checkpoint(out, name, fp, n, spe, model) if resume else None
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -422,8 +501,8 @@ def train(
         history = list(ck["history"])
         elapsed_prev, frames_prev, time_prev = float(ck["wall_s"]), int(ck["train_frames"]), float(ck["train_time_s"])
     else:
-        for p in (last_path, best_path, out / "train.json", out / "curves.csv", out / "curves.png"):
-            p.unlink(missing_ok=True)
+        for f in RUN_FILES:  # --no-resume, or what is left beside a checkpoint set aside as corrupt
+            (out / f).unlink(missing_ok=True)
 
     from tqdm import tqdm
 

@@ -29,7 +29,23 @@
   MedianPruner still prunes the trials whose loss is worst.
 * Outputs: ``best.json`` (best params as dotted run-config paths, value, trial, the objective's
   direction and, for ``val_selected``, the chosen ``binarization``) and ``trials.csv``.
-* MLflow (optional, ``--experiment``): one parent run per study, one child run per trial.
+* A failed study never loses the last good result. Snakemake deletes a job's declared outputs
+  twice: before the job runs (``Job.prepare`` -> ``remove_existing_output``) and after it fails
+  ("Removing output files of failed job ... since they might be corrupted", unless
+  ``--keep-incomplete``), so the previous ``best.json`` is gone by the time this code could read
+  it. Every successful study therefore also writes its result to ``DIR/work/best.json``, which is
+  not an output and is only overwritten by the next success. Restoring it into ``DIR/best.json``
+  instead (by hand, or with Snakemake's ``update()`` flag, which restores an output when its job
+  fails) would let a result tuned under the OLD config feed the runs of the new one as if current;
+  the error of a failed study names the kept file and its fingerprint instead.
+* When no trial completes the error counts the complete, pruned and failed trials and quotes the
+  first failed trial's error (recorded as its ``error`` user attribute; the traceback is in the
+  job log), so a broken config (e.g. ``model.n_heads`` not dividing ``d_model``) reads as failed
+  trials, not as pruning.
+* MLflow (optional, ``--experiment``): one parent run per study, one child run per trial. The parent's
+  id is kept in ``DIR/work/mlflow_parent.json`` so that a resumed study logs into the same run; a
+  pointer whose run is gone (``results/mlflow`` deleted and recreated, the run or its experiment
+  deleted) starts a new parent run, with one line on stderr.
 """
 
 from __future__ import annotations
@@ -60,7 +76,13 @@ DEFAULT_SPEC: dict[str, Any] = {
     "overrides": {},
 }
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+#: copy of the last successful best.json in DIR/work/ (see the module docstring)
+LAST_GOOD = "best.json"
 OBJECTIVES = ("val_selected", "best_val_loss", "last_val_loss")
+
+
+class NoTrialCompleted(RuntimeError):
+    """Every trial of the study failed or was pruned (the message says which, and why)."""
 
 
 def direction(spec: dict, base_cfg: dict) -> str:
@@ -326,8 +348,8 @@ def run_study(
     parent_run_id = None
     if tracker is not None:
         parent_file = out / "work" / "mlflow_parent.json"
-        if parent_file.exists() and read_json(parent_file).get("fingerprint") == fingerprint:
-            parent_run_id = read_json(parent_file)["run_id"]
+        parent_run_id = reusable_parent_run(tracker, parent_file, fingerprint, f"{pe}/{context}")
+        if parent_run_id is not None:
             tracker.reopen_run(parent_run_id)
             # trials of the killed attempt never ended their runs; Optuna retries them anew
             tracker.close_stale_runs({"mlflow.parentRunId": parent_run_id}, parent_run_id)
@@ -340,6 +362,7 @@ def run_study(
             write_json({"run_id": parent_run_id, "fingerprint": fingerprint}, parent_file)
     if objective is None:
         objective = train_objective(base_cfg, spec, out, tracker, parent_run_id)
+    objective = _recording_errors(objective)
 
     total = n_trials_of(spec)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
@@ -359,7 +382,9 @@ def run_study(
     finished = study.get_trials(deepcopy=False, states=FINISHED)
     complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        raise RuntimeError(f"tune {pe}/{context}: no trial completed ({len(finished)} finished, all pruned)")
+        if tracker is not None:
+            tracker.end_run(parent_run_id, "FAILED")
+        raise NoTrialCompleted(no_trial_completed_message(study, pe, context, out, fingerprint))
     sign = -1.0 if study_direction == "maximize" else 1.0
     best = min(complete, key=lambda t: (sign * t.value, t.number))
     result = {
@@ -393,8 +418,90 @@ def run_study(
         tracker.log_artifact(parent_run_id, out / "trials.csv")
         tracker.end_run(parent_run_id, "FINISHED")
         result["mlflow_run_id"] = parent_run_id
+    write_json(result, out / "work" / LAST_GOOD)  # not an output: Snakemake never deletes it
     write_json(result, out / "best.json")
     return result
+
+
+def _say(message: str) -> None:
+    # the job log is stderr (the tune rule redirects 2>&1)
+    print(f"stripes tune: {message}", file=sys.stderr, flush=True)
+
+
+def reusable_parent_run(tracker, parent_file: Path, fingerprint: str, study: str) -> str | None:
+    """The MLflow parent run of an earlier attempt of this study, when it can be logged to again.
+
+    None (a new parent run) when there is no pointer, the study's config changed, or the run is
+    gone from the tracking store: after ``rm -r results/mlflow`` the mlflow_init rule creates a new
+    store and the pointer names a run it never held (reopening it raised "Run with id=... not
+    found" on every rerun). A stale or unreadable pointer gets one line on stderr.
+    """
+    if not parent_file.exists():
+        return None
+    try:
+        pointer = read_json(parent_file)
+        run_id = str(pointer["run_id"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        _say(f"{study}: {parent_file} is unreadable ({type(err).__name__}: {err}); starting a new MLflow "
+             f"parent run and rewriting it")
+        return None
+    if pointer.get("fingerprint") != fingerprint:
+        return None  # the study started afresh (open_study archived its journal): so does its run
+    why = tracker.unusable_run(run_id)
+    if why is not None:
+        _say(f"{study}: {parent_file} points to MLflow run {run_id}, which {why}; starting a new parent "
+             f"run and rewriting {parent_file.name}")
+        return None
+    return run_id
+
+
+def _recording_errors(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+    """The objective, keeping each failed trial's error in the trial (user attribute ``error``).
+
+    Optuna records a caught exception only in its log; the study would otherwise not know why a
+    trial failed, and "no trial completed" could not say so."""
+
+    def wrapped(trial: optuna.Trial) -> float:
+        try:
+            return objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            lines = str(err).strip().splitlines()
+            trial.set_user_attr("error", f"{type(err).__name__}: {lines[0] if lines else ''}"[:1000])
+            raise
+
+    return wrapped
+
+
+def no_trial_completed_message(study: optuna.Study, pe: str, context: str, out: Path, fingerprint: str) -> str:
+    """Why the study has no result: trial counts by state, the first failed trial's error, and
+    where the last good result is kept."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    count = {s: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    S = optuna.trial.TrialState
+    parts = [f"tune {pe}/{context}: no trial completed ({count[S.COMPLETE]} complete, {count[S.PRUNED]} pruned, "
+             f"{count[S.FAIL]} failed)."]
+    failed = [t for t in trials if t.state == S.FAIL]
+    first = next((t for t in failed if "error" in t.user_attrs), failed[0] if failed else None)
+    if first is not None:
+        error = first.user_attrs.get("error", "no error recorded (its job was killed, or the objective "
+                                               "returned no finite value)")
+        parts.append(f"First failed trial: {first.number} {dict(first.params)}: {error}. Fix the cause (the "
+                     f"traceback is in the job log) and rerun.")
+    else:
+        parts.append("The pruner stopped every trial: loosen tune.pruner (n_warmup_steps, n_startup_trials).")
+    kept = out / "work" / LAST_GOOD
+    if kept.exists():
+        try:
+            old = read_json(kept)
+            which = "this config" if old.get("fingerprint") == fingerprint else "an earlier config"
+            parts.append(f"The last good result, tuned under {which}, is kept in {kept} (params "
+                         f"{old.get('params')}, value {old.get('value')}, fingerprint {old.get('fingerprint')}); "
+                         f"Snakemake removes {out / 'best.json'} with the outputs of a failed job.")
+        except (OSError, ValueError):
+            parts.append(f"The last good result is kept in {kept}.")
+    return " ".join(parts)
 
 
 def write_trials_csv(study: optuna.Study, path: Path) -> None:
@@ -433,10 +540,18 @@ def main(argv: list[str] | None = None) -> int:
     spec = read_json(args.spec) if args.spec else None
     tracker = None
     if args.experiment:
-        from stripes.tracking import Tracker
+        from stripes.tracking import Tracker, TrackingStoreError
 
-        tracker = Tracker.from_experiment_file(args.experiment)
-    result = run_study(cfg, spec, args.pe, args.context, args.out, tracker=tracker)
+        try:
+            tracker = Tracker.from_experiment_file(args.experiment)
+        except TrackingStoreError as err:
+            print(f"stripes tune: error: {err}", file=sys.stderr)
+            return 2
+    try:
+        result = run_study(cfg, spec, args.pe, args.context, args.out, tracker=tracker)
+    except NoTrialCompleted as err:  # the trials' tracebacks are above in the log; this is the summary
+        print(f"stripes tune: error: {err}", file=sys.stderr)
+        return 1
     if args.run_record:
         write_json({"run_id": result.get("mlflow_run_id"), "stage": "tune", "pe": args.pe, "context": args.context,
                     "experiment_id": getattr(tracker, "experiment_id", None), "status": "FINISHED"}, args.run_record)
