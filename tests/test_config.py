@@ -172,6 +172,85 @@ def test_tune_space_checks(full, registry):
     check(cfg, registry)
 
 
+def problems(cfg, registry) -> list[str]:
+    """The lines of check_study's ConfigError (no schema first: it would stop some of these earlier)."""
+    with pytest.raises(sc.ConfigError) as err:
+        sc.check_study(cfg, registry=registry)
+    head, *lines = str(err.value).splitlines()
+    assert head == "invalid study configuration:"
+    return [line.strip() for line in lines]
+
+
+ROTARY = [("rope_a", "stripes.pe.rope.RoPE"), ("rope_b", "stripes.pe.rope.RoPE"), ("rope_c", "stripes.pe.rope.RoPE"),
+          ("fstripe1", "stripes.pe.fstripe1.FStripe1"), ("ropepool", "stripes.pe.ropepool.RoPEPool")]
+EVEN = "needs an even head_dim (it rotates pairs of dimensions), got {}; choose d_model and n_heads with an even d_model / n_heads"
+
+
+def test_model_shapes_are_checked_naming_the_key(full, registry):
+    smoke = sc.load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "smoke.yaml")  # d_model 64, 2 heads
+    cfg = copy.deepcopy(smoke)
+    cfg["model"]["n_heads"] = 3
+    assert problems(cfg, registry) == [
+        "model.n_heads: n_heads = 3 does not divide model.d_model = 64 (each head gets d_model / n_heads "
+        "dimensions); use a divisor of 64: 1, 2, 4, 8, 16, 32, 64"]
+    cfg = copy.deepcopy(full)  # every PE of the paper's tables: only the rotary ones need an even head_dim
+    cfg["model"]["d_model"] = 132
+    assert problems(cfg, registry) == [
+        f"head_dim = model.d_model / model.n_heads = 132 / 4 = 33: PE {pe!r} ({path}) {EVEN.format(33)}"
+        for pe, path in ROTARY]
+    cfg = copy.deepcopy(full)
+    cfg["model"].update(n_features=15, chunk_size=0)
+    assert problems(cfg, registry) == [
+        "model.n_features: n_features = 15 must be even and at least 2 (FAVOR+ draws its random features in +/- pairs)",
+        "model.chunk_size: chunk_size = 0 must be at least 1 (frames per chunk of the causal linear attention)"]
+
+
+def test_model_shapes_of_tuned_and_overridden_values_are_checked(full, registry):
+    cfg = copy.deepcopy(full)
+    cfg["tune"]["space"]["model.n_heads"] = {"type": "categorical", "choices": [4, 5]}
+    cfg["tune"]["space"]["model.colour"] = {"type": "categorical", "choices": [1]}
+    cfg["tune"]["overrides"] = {"model.n_features": 7}  # the tuning trials only
+    assert problems(cfg, registry) == [
+        "tune.space.model.colour: unknown model key (known: d_in, d_out, d_model, n_layers, n_heads, d_ff, dropout, "
+        "n_features, chunk_size, feature_seed, linear_impl)",
+        "tune.overrides.model.n_features: n_features = 7 must be even and at least 2 (FAVOR+ draws its random "
+        "features in +/- pairs)",
+        "tune.space.model.n_heads (choice 5): n_heads = 5 does not divide model.d_model = 512 (each head gets "
+        "d_model / n_heads dimensions); use a divisor of 512: 1, 2, 4, 8, 16, 32, 64, 128, 256, 512"]
+    cfg = copy.deepcopy(full)
+    cfg["tune"].update(sampler="tpe", space={"model.n_heads": {"type": "float", "low": 1, "high": 8},
+                                             "model.d_model": {"type": "int", "low": 510, "high": 512, "step": 2}})
+    assert problems(cfg, registry) == [
+        "tune.space.model.n_heads: this model key is an integer; use type int or categorical, not float"]
+    cfg["tune"]["space"]["model.n_heads"] = {"type": "categorical", "choices": [2]}
+    assert problems(cfg, registry) == [  # 510 / 2 = 255, the only odd head_dim of the range
+        f"head_dim = tune.space.model.d_model (value 510 of the int range) / tune.space.model.n_heads (choice 2) "
+        f"= 510 / 2 = 255: PE {pe!r} ({path}) {EVEN.format(255)}" for pe, path in ROTARY]
+    cfg["tune"]["space"]["model.d_model"]["low"] = 512
+    check(cfg, registry)  # the control: 512 / 2 suits every PE
+
+
+def test_pe_hook_reports_what_each_pe_needs(full, registry):
+    from stripes.pe import PositionalEncoding
+    from stripes.pe.fstripe import FStripe
+    from stripes.pe.fstripe1 import FStripe1
+    from stripes.pe.rope import RoPE
+    from stripes.pe.ropepool import RoPEPool
+    from stripes.pe.spe import ConvSPE, SineSPE
+    from stripes.pe.srpe import SSRPE
+
+    for cls in (RoPE, RoPEPool, FStripe1):
+        assert cls.config_problems(33, {}) == [EVEN.format(33)] and cls.config_problems(32, {}) == []
+    for cls in (PositionalEncoding, SineSPE, ConvSPE, FStripe, SSRPE):  # odd head_dim builds (tested by hand)
+        assert cls.config_problems(33, {}) == []
+    msg = "kwargs.bases has 2 entries; it needs one per structure (3: melody, chord, section)"
+    assert SSRPE.config_problems(32, {"bases": [1.0, 2.0]}) == [msg]
+    reg = copy.deepcopy(registry)
+    reg["s_srpe"]["kwargs"]["bases"] = [7920.0, 10001.0]
+    assert problems(full, reg) == [
+        f"head_dim = model.d_model / model.n_heads = 512 / 4 = 128: PE 's_srpe' (stripes.pe.srpe.SSRPE) {msg}"]
+
+
 def test_resolved_run_config_and_hash(full, registry):
     cfg = sc.resolve_run_config(full, "rope_c", "bin", 3, registry=registry, overrides={"train.lr": 5e-4})
     assert set(cfg) == {"run", "data", "model", "train", "eval", "pe_entry"}
@@ -200,6 +279,9 @@ CASES = {
     "stray_key": ({"mlflow": {"tracking_url": "sqlite:///x.db"}}, ["mlflow", "tracking_url"]),
     "incompatible_context": ({"tables": {"f25_table1": {"rows": [{"pe": "s_srpe", "context": "time"}]}}},
                              ["tables.f25_table1.rows[0]", "'s_srpe' cannot take context 'time'"]),
+    # config/smoke.yaml has d_model 64: this failed inside the first tune job
+    "heads_not_dividing_d_model": ({"model": {"n_heads": 3}},
+                                   ["model.n_heads: n_heads = 3 does not divide model.d_model = 64"]),
 }
 
 
@@ -214,3 +296,18 @@ def test_bad_config_fails_at_dry_run(case, tmp_path):
     assert proc.returncode != 0, out[-3000:]
     for f in fragments:
         assert f in out, out[-3000:]
+
+
+def test_dry_run_from_a_subdirectory(tmp_path):
+    """`snakemake -s ../Snakefile` from a subdirectory plans the same study as from the repository
+    (it failed with KeyError: 'mlflow' when config/config.yaml was looked up in the subdirectory)."""
+    def jobs(cwd: Path, snakefile: str, overlay: str) -> str:
+        proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", snakefile, "-n", "--nolock",
+                               "--configfile", overlay], cwd=cwd, capture_output=True, text=True, timeout=300)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        return out[out.index("Job stats:"):].split("\n\n")[0]
+
+    here = jobs(ROOT, "Snakefile", "config/smoke.yaml")
+    assert jobs(ROOT / "tests", "../Snakefile", "../config/smoke.yaml") == here
+    assert "aggregate" in here and "train_evaluate" in here

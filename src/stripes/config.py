@@ -316,6 +316,7 @@ def check_study(cfg: dict, registry: dict | None = None, root: str | Path | None
     tables_cfg = active_tables(cfg)
     pe_classes: dict[str, type] = {}
     pe_errors: dict[str, str] = {}
+    used_pes: dict[str, type] = {}  # PEs the tables build (best_of candidates are rows of active tables too)
 
     def pe_class(pe: str):
         if pe in pe_classes:
@@ -392,6 +393,7 @@ def check_study(cfg: dict, registry: dict | None = None, root: str | Path | None
                 cls = pe_class(pe)
                 if cls is None:
                     continue
+                used_pes[pe] = cls
                 for ctx in contexts:
                     if ctx in CONTEXTS and not pe_accepts(cls, CONTEXTS[ctx]):
                         c = CONTEXTS[ctx]
@@ -408,6 +410,7 @@ def check_study(cfg: dict, registry: dict | None = None, root: str | Path | None
         errors.append(f"study.mi_figure.table: unknown table {fig['table']!r}{where}")
 
     errors += _check_tune(cfg.get("tune") or {})
+    errors += _check_model(cfg, {pe: (cls, registry[pe]) for pe, cls in used_pes.items()})
     if errors:
         # unique, in order
         seen: list[str] = []
@@ -432,6 +435,86 @@ def _check_tune(tune: dict) -> list[str]:
     for key in (tune.get("overrides") or {}):
         if key.split(".", 1)[0] not in RUN_SECTIONS or "." not in key:
             errors.append(f"tune.overrides.{key}: must be a dotted path into {'/'.join(RUN_SECTIONS)}")
+    return errors
+
+
+# the model keys whose values can make stripes.model.build_model raise (all integers)
+SHAPE_KEYS = ("d_model", "n_heads", "n_features", "chunk_size")
+
+
+def _space_values(spec: dict, label: str, errors: list[str]) -> list[tuple[Any, str]]:
+    """(value, label) for every value a tune.space entry can give an integer model key."""
+    kind = spec.get("type")
+    if kind == "categorical":
+        return [(v, f"{label} (choice {v!r})") for v in spec.get("choices") or []]
+    if kind == "int":
+        low, high = int(spec.get("low", 0)), int(spec.get("high", 0))
+        return [(v, f"{label} (value {v} of the int range)") for v in range(low, high + 1, int(spec.get("step") or 1))]
+    errors.append(f"{label}: this model key is an integer; use type int or categorical, not {kind}")
+    return []
+
+
+def _check_model(cfg: dict, pes: dict[str, tuple[type, dict]]) -> list[str]:
+    """What stripes.model would raise inside a job, checked here at `snakemake -n`: heads that do not
+    divide d_model, an odd or too small FAVOR+ feature count, a chunk size below 1, and what each
+    PE the tables use needs of head_dim (PositionalEncoding.config_problems). Every model the study
+    builds is checked: the model section as the final training gets it with each tuned value of
+    tune.space, and as the tuning trials get it (tune.overrides too). ``pes``: name -> (class,
+    registry entry)."""
+    from stripes.model import DEFAULTS
+
+    errors: list[str] = []
+    tune = cfg.get("tune") or {}
+    space, overrides = ({k[len("model."):]: v for k, v in (tune.get(sec) or {}).items() if k.startswith("model.")}
+                        for sec in ("space", "overrides"))
+    for sec, keys in (("space", space), ("overrides", overrides)):
+        for key in keys:
+            if key not in DEFAULTS:
+                errors.append(f"tune.{sec}.model.{key}: unknown model key (known: {', '.join(DEFAULTS)})")
+    model = {**DEFAULTS, **(cfg.get("model") or {})}
+
+    def values(key: str) -> dict[str, list[tuple[Any, str]]]:
+        """stage -> (value, label of the key that sets it): the final training takes the tuned
+        value, a tuning trial the tuned value, else the override, else the model section's."""
+        base = [(model[key], f"model.{key}")]
+        tuned = _space_values(space[key], f"tune.space.model.{key}", errors) if key in space else None
+        trial = [(overrides[key], f"tune.overrides.model.{key}")] if key in overrides else base
+        return {"train": base, "tune": trial} if tuned is None else {"train": tuned, "tune": tuned}
+
+    vals = {key: values(key) for key in SHAPE_KEYS}
+    not_int = [f"{label}: {key} must be an integer, got {v!r}" for key in SHAPE_KEYS for stage in vals[key].values()
+               for v, label in stage if not isinstance(v, int) or isinstance(v, bool)]
+    if not_int:  # the arithmetic below needs integers
+        return errors + not_int
+
+    def once(pairs):  # the (value, label) of both stages, each value once
+        seen: dict = {}
+        for v, label in pairs:
+            seen.setdefault(v, label)
+        return seen.items()
+
+    for v, label in once(vals["n_features"]["train"] + vals["n_features"]["tune"]):
+        if v < 2 or v % 2:
+            errors.append(f"{label}: n_features = {v} must be even and at least 2 "
+                          "(FAVOR+ draws its random features in +/- pairs)")
+    for v, label in once(vals["chunk_size"]["train"] + vals["chunk_size"]["tune"]):
+        if v < 1:
+            errors.append(f"{label}: chunk_size = {v} must be at least 1 (frames per chunk of the causal linear attention)")
+    head_dims: dict[int, tuple] = {}
+    for stage in ("train", "tune"):
+        for d, d_label in vals["d_model"][stage]:
+            for h, h_label in vals["n_heads"][stage]:
+                if d < 1 or h < 1 or d % h:
+                    divisors = ", ".join(str(n) for n in range(1, d + 1) if d % n == 0) if d >= 1 else "none"
+                    errors.append(f"{h_label}: n_heads = {h} does not divide {d_label} = {d} (each head gets "
+                                  f"d_model / n_heads dimensions); use a divisor of {d}: {divisors}")
+                else:
+                    head_dims.setdefault(d // h, (d, d_label, h, h_label))
+    for head_dim, (d, d_label, h, h_label) in head_dims.items():
+        for pe, (cls, entry) in pes.items():
+            for problem in cls.config_problems(head_dim, dict(entry.get("kwargs") or {})):
+                errors.append(f"head_dim = {d_label} / {h_label} = {d} / {h} = {head_dim}: "
+                              f"PE {pe!r} ({entry['class']}) {problem}")
     return errors
 
 

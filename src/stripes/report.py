@@ -34,6 +34,8 @@ import argparse
 import csv
 import json
 import math
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -556,6 +558,146 @@ def mi_table(src: Path, t: dict, tname: str, tables_dir: Path) -> list[str]:
     return [str(p) for p in paths]
 
 
+# ----------------------------------------------------------------------------- failed runs
+# With study.record_failures a failed run's job exits 0 (so the rest of the study builds) and leaves
+# failure records; nothing else tells the user. These functions name each failed run, its reason,
+# its log and the command that retries it: for the aggregate step (its log and failures.csv) and
+# for the Snakefile's onsuccess/onerror handlers (the console, and the exit status).
+
+# JSON list: the retry command's prefix, set by the workflow (common.smk) for its jobs
+RETRY_PREFIX_ENV = "STRIPES_RETRY_PREFIX"
+# when the invocation is unknown (a job run by hand, an API call): every core, the default config
+FALLBACK_PREFIX = ["snakemake", "--cores", "all"]
+_FORCE_FLAGS = {"-F", "--forceall", "-f", "--force"}
+_FORCE_LISTS = {"-R", "--forcerun"}
+_DRY_RUN = {"-n", "--dry-run", "--dryrun"}
+# invocations that neither run nor plan jobs: no failure note for them
+_NOT_RUNNING = {"--unlock", "--lint", "--list-rules", "-l", "--list-target-rules", "--lt", "--summary", "-S",
+                "--detailed-summary", "-D", "--dag", "--rulegraph", "--filegraph", "--report", "--cleanup-metadata",
+                "--list-changes", "--lc", "--delete-all-output", "--delete-temp-output", "--archive", "--containerize",
+                "--export-cwl", "--print-compilation", "--version", "-v", "--help", "-h"}
+
+
+def retry_prefix(argv: list[str] | None) -> list[str]:
+    """The Snakemake command line ``argv`` (sys.argv of the Snakemake process) as the start of a
+    retry command: the same options (cores, config files, profile, -s, targets), so the retry
+    builds the same DAG, minus its own forcing options, so the retry forces only the failed runs."""
+    if not argv or "snakemake" not in str(argv[0]):
+        return list(FALLBACK_PREFIX)
+    out, rest = ["snakemake"], list(argv[1:])
+    while rest:
+        arg = rest.pop(0)
+        if arg in _FORCE_FLAGS or arg in _DRY_RUN or arg.startswith("--forcerun="):
+            continue
+        if re.fullmatch(r"-[npk]{2,}", arg) and "n" in arg:  # -np: a dry run that prints commands
+            arg = arg.replace("n", "")
+        if arg in _FORCE_LISTS:  # nargs="*": every following word up to the next option is its value
+            while rest and not rest[0].startswith("-"):
+                rest.pop(0)
+            continue
+        out.append(arg)
+    return out
+
+
+def retry_command(prefix: list[str], records: list[str]) -> str:
+    """Force the jobs that write ``records``: a file target names the job in either DAG shape (separate
+    train and evaluate jobs, or study.fuse_train_eval's one job), where a rule name does not; its
+    downstream jobs (evaluation, tables) rerun because their input is new."""
+    import shlex
+
+    return shlex.join([*prefix, "--forcerun", *records])
+
+
+def _status(path: Path) -> dict | None:
+    try:
+        rec = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def run_failure(results: str | Path, pe: str, context: str, seed: int) -> dict | None:
+    """The failure of run (pe, context, seed) from its records, or None when none says failed.
+
+    The stage that failed decides what the retry forces: training (its record, which reruns the
+    evaluation too) or only the evaluation. ``log`` is the log of the job that failed (whichever of
+    the split and fused jobs' logs exists)."""
+    results = Path(results)
+    run = f"{pe}/{context}/seed{seed}"
+    train_rec, eval_rec = (results / stage / run / "mlflow_run.json" for stage in ("train", "eval"))
+    train, ev, metrics = _status(train_rec), _status(eval_rec), _status(results / "eval" / run / "metrics.json")
+    if train and train.get("status") == "failed":
+        stage, record, reason = "train", train_rec, train.get("error")
+    elif ev and ev.get("status") == "failed":
+        stage, record, reason = "evaluate", eval_rec, ev.get("error")
+    elif metrics and metrics.get("status") == "failed":
+        stage, record, reason = "evaluate", eval_rec, metrics.get("error")
+    else:
+        return None
+    logs = [results / "logs" / rule / f"{pe}/{context}/seed{seed}.log" for rule in ("train_evaluate", stage)]
+    log = next((p for p in logs if p.exists()), logs[1])
+    return {"pe": pe, "context": context, "seed": int(seed), "stage": stage,
+            "reason": _one_line(reason or "failed"), "record": str(record), "log": str(log)}
+
+
+def _one_line(text: str, n: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def failed_runs(runs, results: str | Path = "results") -> list[dict]:
+    """run_failure of every (pe, context, seed) of ``runs`` that failed, in order."""
+    return [f for f in (run_failure(results, pe, ctx, seed) for pe, ctx, seed in runs) if f]
+
+
+def failure_report(failures: list[dict], prefix: list[str], note: str = "") -> str:
+    """The failed runs as text: each with its reason, log and retry command; then one command that
+    retries them all when there are several."""
+    if not failures:
+        return ""
+    n = len(failures)
+    lines = [f"stripes: {n} run{'s' if n > 1 else ''} of the study failed{note}; "
+             f"{'their' if n > 1 else 'its'} table cells show {MISSING} until retried:"]
+    for f in failures:
+        lines += [f"  {f['pe']}/{f['context']}/seed{f['seed']} ({f['stage']} failed): {f['reason']}",
+                  f"    log:   {f['log']}",
+                  f"    retry: {retry_command(prefix, [f['record']])}"]
+    if n > 1:
+        lines.append(f"  retry all: {retry_command(prefix, [f['record'] for f in failures])}")
+    return "\n".join(lines)
+
+
+def report_failed_runs(runs, results: str | Path, argv: list[str] | None, note: str = "") -> int:
+    """Print failure_report of ``runs`` to stderr (for the Snakefile's handlers); the number failed.
+    Quiet for an invocation that neither runs nor plans jobs (--unlock, --lint, ...)."""
+    if argv and any(a in _NOT_RUNNING or a.startswith("--report=") for a in argv[1:]):
+        return 0
+    failures = failed_runs(runs, results)
+    if failures:
+        print(failure_report(failures, retry_prefix(argv), note), file=sys.stderr, flush=True)
+    return len(failures)
+
+
+# the jobs of one run (pe, context, seed) in either DAG shape
+RUN_RULES = ("train", "evaluate", "train_evaluate")
+
+
+def dag_runs(jobs) -> list[tuple[str, str, int]]:
+    """(pe, context, seed) of every run with a job among ``jobs`` (Snakemake's workflow.dag.jobs): the
+    handlers report the runs of this invocation only, not those its targets leave out."""
+    runs = {(j.wildcards_dict["pe"], j.wildcards_dict["context"], int(j.wildcards_dict["seed"]))
+            for j in jobs if j.rule.name in RUN_RULES}
+    return sorted(runs)
+
+
+def _env_prefix() -> list[str]:
+    try:
+        prefix = json.loads(os.environ.get(RETRY_PREFIX_ENV, ""))
+    except ValueError:
+        return list(FALLBACK_PREFIX)
+    return [str(a) for a in prefix] if isinstance(prefix, list) and prefix else list(FALLBACK_PREFIX)
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -591,22 +733,26 @@ def aggregate(spec: dict, out_root: str | Path = "results") -> dict:
     written += write_selection_tables(spec, runs_root, tables_dir)
     # failures: every expected run without usable metrics
     failures = []
+    prefix = _env_prefix()
     for pe, ctx, seed in spec.get("runs", []):
         p = runs_root / pe / ctx / f"seed{seed}" / "metrics.json"
         if read_metrics(p) is None:
-            reason = "missing metrics.json"
-            if p.exists():
-                try:
-                    reason = str(read_json(p).get("error", "failed"))[:300]
-                except (OSError, ValueError):
-                    reason = "unreadable metrics.json"
-            failures.append({"pe": pe, "context": ctx, "seed": seed, "reason": reason})
+            f = run_failure(runs_root.parent, pe, ctx, seed)
+            if f is None:  # no failure record: the file is missing or not a metrics file
+                reason = "unreadable metrics.json" if p.exists() else "missing metrics.json"
+                record = runs_root / pe / ctx / f"seed{seed}" / "mlflow_run.json"
+                f = {"pe": pe, "context": ctx, "seed": seed, "stage": "evaluate", "reason": reason,
+                     "record": str(record), "log": ""}
+            failures.append(f)
     fail_path = tables_dir / "failures.csv"
     with open(fail_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["pe", "context", "seed", "reason"])
+        w = csv.DictWriter(fh, fieldnames=["pe", "context", "seed", "stage", "reason", "log", "retry"])
         w.writeheader()
-        w.writerows(failures)
+        w.writerows({**{k: f[k] for k in ("pe", "context", "seed", "stage", "reason", "log")},
+                     "retry": retry_command(prefix, [f["record"]])} for f in failures)
     written.append(str(fail_path))
+    if failures:  # into the aggregate job's log; the Snakefile's handlers put it on the console
+        print(failure_report(failures, prefix), file=sys.stderr)
     fig_spec = spec.get("mi_figure") or {}
     if fig_spec.get("table") in spec["tables"]:
         rows = build_rows(spec, fig_spec["table"], runs_root, cache)

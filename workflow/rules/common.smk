@@ -3,9 +3,11 @@
 #
 # Also the study plan: stripes.config checks the merged config (the Snakefile's validate() has
 # applied the JSON schema) against what a schema cannot express (PE registry entries, contexts,
-# PE x context compatibility, table references, tuning space) HERE, at parse time, so a broken
-# config fails at `snakemake -n` with a message naming the entry. No logic lives here: helpers
-# are in stripes.config.
+# PE x context compatibility, table references, tuning space, model shapes) HERE, at parse time,
+# so a broken config fails at `snakemake -n` with a message naming the entry. No logic lives here:
+# helpers are in stripes.config (and the failed-run report in stripes.report).
+import json
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -26,8 +28,13 @@ from stripes.config import (  # noqa: E402
     resolve_run_config,
     setup_job_environment,
 )
+from stripes.report import RETRY_PREFIX_ENV, dag_runs, report_failed_runs, retry_prefix  # noqa: E402
 
 setup_job_environment(REPO)
+if workflow.is_main_process:
+    # the aggregate job prints the same retry commands as the handlers (Snakefile): it learns this
+    # invocation from the environment, which (unlike params) does not make it rerun when it changes
+    os.environ[RETRY_PREFIX_ENV] = json.dumps(retry_prefix(sys.argv))
 
 try:
     PLAN = check_study(config, root=REPO)
@@ -37,6 +44,10 @@ except ConfigError as exc:
 PE_REGISTRY = load_pe_registry(config, REPO)
 
 RESULTS = "results"
+
+if workflow.is_main_process:
+    # also before the DAG is built: a rerun with nothing left to do ends without the handlers
+    report_failed_runs(PLAN.runs, RESULTS, sys.argv, note=" in an earlier run")
 
 report: "../report/workflow.rst"
 

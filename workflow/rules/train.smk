@@ -4,8 +4,10 @@
 #
 # Failures (study.record_failures: true): a job whose training or evaluation raises writes its
 # outputs as failure records (status "failed" + the error) and exits 0, so the other runs and
-# the tables still build; the table cell shows as missing and results/tables/failures.csv lists
-# the run. Delete the record (or --forcerun the rule) to retry. With record_failures: false the
+# the tables still build; the table cell shows as missing, results/tables/failures.csv lists the
+# run, the end of the Snakemake run prints it with its retry command
+# (`--forcerun results/train/{pe}/{context}/seed{seed}/mlflow_run.json`, both DAG shapes) and the
+# exit status is 1. With record_failures: false the
 # job fails as usual and `--keep-going` finishes the other runs (the tables then wait).
 
 

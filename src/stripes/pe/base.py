@@ -51,6 +51,14 @@ class PositionalEncoding(nn.Module):
         """Whether this PE can take a context of dimension L (regular_grid: positions = 0..T-1)."""
         return context_dim >= 1
 
+    @classmethod
+    def config_problems(cls, head_dim: int, kwargs: dict) -> list[str]:
+        """What stops this PE from being built with per-head dimension ``head_dim`` and the registry
+        ``kwargs``, one message per problem (default: nothing). The constructor raises on the same
+        conditions, but only inside a job; stripes.config.check_study asks here so that a config
+        which breaks a PE fails at ``snakemake -n`` instead."""
+        return []
+
     @property
     def d_in(self) -> int:
         return self.head_dim

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .base import PositionalEncoding
-from .rope import RotaryAngles
+from .rope import EVEN_HEAD_DIM, RotaryAngles
 
 
 class FStripe1(PositionalEncoding):
@@ -30,6 +30,10 @@ class FStripe1(PositionalEncoding):
         self.unpooled = unpooled
         self.angles = RotaryAngles(self.n_heads, self.head_dim // 2, self.context_dim, schedule, learnable,
                                    base, direction_seed, repeat=2)
+
+    @classmethod
+    def config_problems(cls, head_dim, kwargs):
+        return [EVEN_HEAD_DIM.format(head_dim)] if head_dim % 2 else []
 
     @property
     def d_in(self):

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .base import PositionalEncoding, full_precision
 
 SCHEDULES = ("shared", "interleaved")
+EVEN_HEAD_DIM = "needs an even head_dim (it rotates pairs of dimensions), got {}; choose d_model and n_heads with an even d_model / n_heads"
 
 
 def rope_frequencies(n_heads: int, n_freq: int, schedule: str, base: float = 10000.0) -> Tensor:
@@ -135,6 +136,10 @@ class _RotaryPE(PositionalEncoding):
             raise ValueError(f"{type(self).__name__} needs an even head_dim, got {self.head_dim}")
         self.angles = RotaryAngles(self.n_heads, self.head_dim // 2, self.context_dim, schedule, learnable,
                                    base, direction_seed)
+
+    @classmethod
+    def config_problems(cls, head_dim, kwargs):
+        return [EVEN_HEAD_DIM.format(head_dim)] if head_dim % 2 else []
 
     def prepare(self, pos):
         with full_precision(pos):

@@ -49,6 +49,16 @@ class SSRPE(PositionalEncoding):
     def accepts(cls, context_dim, regular_grid):
         return context_dim == cls.N_STRUCTURES
 
+    @classmethod
+    def config_problems(cls, head_dim, kwargs):
+        # accepts() admits only N_STRUCTURES-dimensional contexts, so that is the length bases needs
+        # (the constructor's default has it)
+        bases = kwargs.get("bases")
+        if bases is not None and len(bases) != cls.N_STRUCTURES:
+            return [f"kwargs.bases has {len(bases)} entries; it needs one per structure "
+                    f"({cls.N_STRUCTURES}: melody, chord, section)"]
+        return []
+
     def prepare(self, pos: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Per structure: (table (U_s, d_model) = Lin_s(sin_s(delta)) over the U_s distinct label
         differences delta in the batch, index (B,T,T) of each pair's delta in that table)."""
