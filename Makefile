@@ -1,6 +1,6 @@
 # Two entry points (README.md): `make smoke` (set up + run the study at smoke scale) and
-# `make test` (set up + run the test suite). Both are idempotent: the virtual environment is
-# rebuilt only when pyproject.toml changes.
+# `make test` (set up + run the test suite); then `make ui` to browse the runs. All are
+# idempotent: the virtual environment is rebuilt only when pyproject.toml changes.
 PYTHON ?= python3
 VENV   ?= .venv
 CORES  ?= 2
@@ -8,7 +8,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-$(EXTRAS)
 EXTRAS ?= dev
 
-.PHONY: setup smoke study test test-fast browser dry-run clean-results
+.PHONY: setup smoke study test test-fast ui browser audio dry-run clean-results
 
 $(VENV)/.installed-%: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,20 +16,25 @@ $(VENV)/.installed-%: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[$*]'
 	@touch $@
 
-setup: $(STAMP)
+setup: $(STAMP) audio
 
-smoke: $(VENV)/.installed-dev
+smoke: $(VENV)/.installed-dev audio
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/smoke.yaml
 
-study: $(VENV)/.installed-dev
+study: $(VENV)/.installed-dev audio
 	$(VENV)/bin/snakemake --cores $(CORES)
+
+# The MLflow UI on the study's DB (after `make smoke` or `make study`): adds the [ui] extra (full
+# mlflow) to the venv the first time, then runs `stripes ui` until Ctrl-C. UI_ARGS="--port 5001".
+ui: $(VENV)/.installed-dev,ui
+	$(VENV)/bin/stripes ui $(UI_ARGS)
 
 dry-run: $(VENV)/.installed-dev
 	$(VENV)/bin/snakemake -n --configfile config/smoke.yaml
 
 # The full suite (what CI runs): slow tests included, with the [ui] extra (full mlflow) and, where
 # the machine allows it, Debian's Chromium for the MLflow-UI browser test.
-test: $(VENV)/.installed-dev,ui browser
+test: $(VENV)/.installed-dev,ui browser audio
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Fast subset for the edit-test loop.
@@ -41,6 +46,14 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 	  && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	  || echo "chromium not installed: the MLflow-UI browser test will be skipped"; }
+
+# Best effort, like `browser`: FluidSynth + a General MIDI soundfont render the sample audio;
+# without them stripes.audio falls back to its numpy synthesiser (and the FluidSynth tests skip).
+audio:
+	@{ command -v fluidsynth >/dev/null 2>&1 && ls /usr/share/sounds/sf2/*.sf2 >/dev/null 2>&1; } \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && apt-get install -y -qq --no-install-recommends fluidsynth fluid-soundfont-gm) >/dev/null 2>&1 \
+	  || echo "fluidsynth not installed: sample audio uses the numpy synthesiser"; }
 
 clean-results:
 	rm -rf results/data results/tables results/figures results/runs results/tune results/mlflow results/logs results/benchmarks .snakemake

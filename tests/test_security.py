@@ -165,7 +165,7 @@ def _ui_cmd(monkeypatch, tmp_path, *args) -> list[str]:
                    '"artifact_root": "/tmp/a"}')
     seen = {}
     monkeypatch.setattr(tracking, "mlflow_server_available", lambda: True)
-    monkeypatch.setattr(tracking.subprocess, "call", lambda cmd, env=None: seen.setdefault("cmd", cmd) and 0)
+    monkeypatch.setattr(tracking, "serve", lambda cmd, env, grace_s=15.0: seen.setdefault("cmd", cmd) and 0)
     assert cli.main(["ui", "--experiment-file", str(exp), *args]) == 0
     return seen["cmd"]
 

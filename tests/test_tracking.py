@@ -152,7 +152,21 @@ def test_ui_prints_lean_command(experiment, capsys):
 def test_ui_without_full_mlflow_says_how_to_install(experiment, capsys, monkeypatch):
     monkeypatch.setattr(tracking, "mlflow_server_available", lambda: False)
     assert tracking.main(["--experiment-file", str(experiment)]) == 3
-    assert "pip install -e '.[ui]'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "make ui" in err and "pip install -e '.[ui]'" in err
+
+
+def test_make_ui_installs_the_ui_extra_then_starts_the_ui(tmp_path):
+    """`make ui` on a venv without the [ui] extra: installs it, then runs `stripes ui` (dry run)."""
+    if shutil.which("make") is None:
+        pytest.skip("no make on PATH")
+    venv = tmp_path / "venv"
+    out = subprocess.run(["make", "-n", "ui", f"VENV={venv}", "UI_ARGS=--port 5001"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    install = next(i for i, line in enumerate(lines) if "pip install" in line and "-e '.[dev,ui]'" in line)
+    assert lines[-1].strip() == f"{venv}/bin/stripes ui --port 5001" and install < len(lines) - 1
 
 
 def _free_port() -> int:
@@ -207,6 +221,138 @@ def test_ui_lists_the_study_runs_in_headless_chromium(experiment, tmp_path):
 
         os.killpg(server.pid, signal.SIGTERM)  # the ui process and the mlflow server it started
         server.wait(timeout=30)
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, state) of every process, from /proc."""
+    table = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+            table[int(d.name)] = (int(ppid), state)
+    return table
+
+
+def _descendants(pid: int) -> set[int]:
+    table = _proc_table()
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, (pp, _) in table.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    table = _proc_table()
+    return {p for p in pids if p in table and table[p][1] != "Z"}  # a zombie holds no port, no memory
+
+
+def _port_is_free(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+def _wait_for(predicate, timeout: float, what: str, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc is None or proc.poll() is None, f"{what}: the process exited ({proc.returncode})"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+# A server like `mlflow server`: it starts the process that listens (like uvicorn) and dies on
+# SIGTERM without passing it on. The listener ignores SIGTERM when told to, to need the SIGKILL.
+LISTENER = """
+import signal, socket, sys
+if sys.argv[2] == "ignore":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+while True:
+    s.accept()[0].close()
+"""
+FAKE_SERVER = f"""
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", {LISTENER!r}, sys.argv[1], sys.argv[2]])
+time.sleep(3600)
+"""
+DRIVER = """
+import os, sys
+from stripes import tracking
+cmd = [sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]]
+sys.exit(tracking.serve(cmd, dict(os.environ), grace_s=1.0))
+"""
+
+
+@pytest.mark.parametrize("listener", ["obeys", "ignore"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_ui_signal_stops_the_server_and_its_children(listener, sig):
+    """serve(): a signal to `stripes ui` reaches every process of the server's group; one that
+    ignores it is killed after the grace period; nothing is left listening or alive."""
+    import signal
+
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    ui = subprocess.Popen([sys.executable, "-c", DRIVER, FAKE_SERVER, str(port), listener], env=env,
+                          start_new_session=True)
+    tree: set[int] = set()
+    try:
+        _wait_for(lambda: not _port_is_free(port), 60, "the fake server to listen", ui)
+        tree = _descendants(ui.pid)
+        assert len(tree) == 2  # the server and its listener
+        os.kill(ui.pid, getattr(signal, sig))
+        assert ui.wait(timeout=30) == 0
+        assert _port_is_free(port)
+        assert _alive(tree) == set()
+    finally:
+        for pid in _alive(tree | {ui.pid}):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ui_sigterm_stops_mlflow_server_and_frees_the_port(experiment, tmp_path):
+    """`stripes ui` with the real MLflow server: SIGTERM leaves no server process and a free port."""
+    import signal
+    import urllib.request
+
+    if not tracking.mlflow_server_available():
+        pytest.skip("full mlflow (the [ui] extra) is not installed: pip install -e '.[ui]'")
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    log = tmp_path / "ui.log"
+    with open(log, "w") as fh:
+        ui = subprocess.Popen([sys.executable, "-m", "stripes.cli", "ui", "--experiment-file", str(experiment),
+                               "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True)
+
+    def healthy() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    tree: set[int] = set()
+    try:
+        _wait_for(healthy, 180, "the MLflow server to answer /health", ui)
+        tree = _descendants(ui.pid)
+        assert len(tree) >= 2, f"expected `mlflow server` and its uvicorn child, found {tree}"
+        os.kill(ui.pid, signal.SIGTERM)
+        assert ui.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert _port_is_free(port)
+        assert _alive(tree) == set()
+    finally:
+        for pid in _alive(tree | {ui.pid}):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("stripes.tune", "Optuna study for one (PE, context)"),
     "aggregate": ("stripes.report", "build the tables and figures of the study"),
     "ui": ("stripes.tracking", "start the MLflow UI on 127.0.0.1 and print the runs URL"),
+    "status": ("stripes.status", "one-screen summary of results/: runs done/failed/missing, slowest jobs"),
 }
 
 

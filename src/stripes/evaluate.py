@@ -93,6 +93,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "s24_metrics": False,
     "n_samples": 4,
     "sample_settings": ["test_16", "test_64"],
+    "audio_settings": ["test_16", "test_64"],
     "device": "auto",
     "bf16": False,
     "num_threads": 0,
@@ -391,7 +392,7 @@ def evaluate(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     result["selections"] = selections
     result["flags"] = sorted({f for k, v in result.items() if k.startswith("test_") for f in v.get("flags", [])})
     if sample_items:
-        smpmod.write_samples(out / "samples", sample_items)
+        smpmod.write_samples(out / "samples", sample_items, audio_settings=ec["audio_settings"])
 
     result.update({
         "run": run_name(cfg),

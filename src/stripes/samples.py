@@ -4,7 +4,10 @@ For one window this writes, under ``EVALDIR/samples/``:
 
 * ``<setting>_<song>_<start>_pred.mid``: MELODY, BRIDGE (the input) and the predicted PIANO;
 * ``<setting>_<song>_<start>_target.mid``: MELODY, BRIDGE and the ground-truth PIANO;
-* ``<setting>_<song>_<start>.png``: predicted vs target piano roll (and their overlap).
+* ``<setting>_<song>_<start>.png``: predicted vs target piano roll (and their overlap);
+* ``<setting>_<song>_<start>_{pred,target}.wav``: each MIDI file rendered to audio
+  (:mod:`stripes.audio`: FluidSynth with a General MIDI soundfont, else a numpy synthesiser),
+  and ``audio.json``, which renderer wrote each WAV.
 
 Pianorolls are at 16 ticks per quarter note, which is also the MIDI resolution
 (``ticks_per_beat = 16``), so one frame is one MIDI tick. A note is a maximal run of active
@@ -135,9 +138,49 @@ def pick(n_windows: int, n_samples: int) -> list[int]:
     return sorted(set(np.linspace(0, n_windows - 1, min(n_samples, n_windows)).round().astype(int).tolist()))
 
 
-def write_samples(out_dir: str | Path, items: Iterable[dict]) -> list[Path]:
-    """Write every item (keys setting, song, start, x, pred, target); returns the paths."""
+def render_audio(out_dir: str | Path, midis: Iterable[Path]) -> list[Path]:
+    """A WAV next to each MIDI file and ``audio.json`` (renderer per WAV); returns the paths.
+
+    A rendering error is recorded in ``audio.json`` and printed, never raised: the metrics of
+    an evaluation matter more than its listening material. ``$STRIPES_AUDIO=off`` skips it.
+    """
+    import json
+    import os
+    import sys
+
+    from stripes import audio
+
+    if os.environ.get("STRIPES_AUDIO", "").lower() == "off":
+        return []
+    out = Path(out_dir)
+    renderers: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    paths: list[Path] = []
+    for mid in midis:
+        wav = Path(mid).with_suffix(".wav")
+        try:
+            renderers[wav.name] = audio.render(mid, wav)
+            paths.append(wav)
+        except Exception as exc:  # noqa: BLE001 - recorded, see the docstring
+            errors[wav.name] = repr(exc)
+            print(f"stripes.samples: no audio for {Path(mid).name}: {exc!r}", file=sys.stderr)
+    sf = audio.soundfont() if "fluidsynth" in renderers.values() else None
+    record = {"sample_rate": audio.SAMPLE_RATE, "tail_s": audio.TAIL_S, "soundfont": str(sf) if sf else None,
+              "renderers": renderers, "errors": errors}
+    manifest = out / "audio.json"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return paths + [manifest]
+
+
+def write_samples(out_dir: str | Path, items: Iterable[dict], audio_settings: Iterable[str] | None = None) -> list[Path]:
+    """Write every item (keys setting, song, start, x, pred, target) and its audio; returns the paths.
+
+    ``audio_settings``: the settings whose samples are rendered to audio (None: all); a 64-bar
+    WAV is about 6 MB, so a CPU study may render the 16-bar ones only (``eval.audio_settings``)."""
     paths: list[Path] = []
     for it in items:
         paths += write_sample(out_dir, it["setting"], it["song"], it["start"], it["x"], it["pred"], it["target"])
-    return paths
+    keep = None if audio_settings is None else set(audio_settings)
+    mids = [p for p in paths if p.suffix == ".mid" and (keep is None or any(p.name.startswith(f"{s}_") for s in keep))]
+    return paths + render_audio(out_dir, mids)

@@ -1,0 +1,209 @@
+"""Sample MIDI -> WAV, so that a sample can be heard in MLflow's artifact viewer.
+
+Two renderers give the same file layout (mono, 16-bit, :data:`SAMPLE_RATE` Hz, the MIDI file's
+duration plus :data:`TAIL_S` seconds, peak at :data:`PEAK`):
+
+* ``fluidsynth``: the FluidSynth command-line synthesiser with a General MIDI soundfont (Debian:
+  ``apt-get install fluidsynth fluid-soundfont-gm``, which ``make smoke`` / ``make setup`` run as
+  root). Used when the binary and a soundfont exist (``$STRIPES_SOUNDFONT`` or Debian's paths).
+* ``numpy``: a small additive synthesiser, the fallback, so that a sample is never silent or
+  missing on a machine without FluidSynth.
+
+``$STRIPES_AUDIO`` picks one: ``auto`` (default), ``fluidsynth`` or ``numpy``; ``off`` makes
+:func:`stripes.samples.render_audio` skip the audio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 22050
+# Fixed tail after the last note-off: room for the release of the last notes, and the same
+# length whichever renderer ran (FluidSynth's own tail is about 2.5 s and not configurable).
+TAIL_S = 1.0
+PEAK = 0.9  # peak normalisation: prediction and target play at comparable loudness
+FADE_S = 0.05  # fade-out over the cut tail of a FluidSynth rendering, so it ends without a click
+SOUNDFONTS = (
+    # Debian's alternatives link first: whatever GM soundfont package the machine has.
+    "/usr/share/sounds/sf2/default-GM.sf2",
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/sounds/sf2/TimGM6mb.sf2",
+    "/usr/share/sounds/sf3/default-GM.sf3",
+    "/usr/share/soundfonts/default.sf2",
+    "/usr/share/soundfonts/FluidR3_GM.sf2",
+)
+RENDERERS = ("fluidsynth", "numpy")
+
+# numpy voice: harmonics 1-4 with falling amplitudes (a soft, clearly pitched tone), a 10 ms
+# attack (no click), an exponential decay (piano-like: long notes fade) and a short release.
+PARTIALS = (1.0, 0.45, 0.2, 0.1)
+ATTACK_S = 0.01
+DECAY_S = 1.2
+RELEASE_S = 0.15
+TABLE_SIZE = 4096
+
+
+class RenderError(RuntimeError):
+    pass
+
+
+def soundfont() -> Path | None:
+    """The General MIDI soundfont FluidSynth uses here, or None."""
+    env = os.environ.get("STRIPES_SOUNDFONT")
+    for cand in ([env] if env else []) + list(SOUNDFONTS):
+        p = Path(cand)
+        if p.is_file():
+            return p.resolve()
+    return None
+
+
+def fluidsynth_available() -> bool:
+    return shutil.which("fluidsynth") is not None and soundfont() is not None
+
+
+def midi_duration(midi) -> float:
+    """Seconds from the start to the file's last event (miditoolkit's ``max_tick``)."""
+    return float(midi.get_tick_to_time_mapping()[midi.max_tick])
+
+
+def n_frames_for(duration_s: float, rate: int = SAMPLE_RATE) -> int:
+    return int(round((duration_s + TAIL_S) * rate))
+
+
+def _write_wav(path: Path, mono: np.ndarray, rate: int = SAMPLE_RATE) -> None:
+    peak = float(np.max(np.abs(mono))) if mono.size else 0.0
+    x = mono * (PEAK / peak) if peak > 0 else mono
+    pcm = np.clip(np.round(x * 32767), -32768, 32767).astype("<i2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    os.replace(tmp, path)
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """(frames, channels) float in [-1, 1] and the sample rate; 16-bit PCM only."""
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise RenderError(f"{path}: {8 * w.getsampwidth()}-bit WAV, expected 16-bit")
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        return data.reshape(-1, w.getnchannels()).astype(np.float64) / 32768.0, w.getframerate()
+
+
+# ----------------------------------------------------------------------------- renderers
+
+
+def _voice_table() -> np.ndarray:
+    phase = 2 * np.pi * np.arange(TABLE_SIZE) / TABLE_SIZE
+    return sum(a * np.sin(k * phase) for k, a in enumerate(PARTIALS, start=1))
+
+
+def synth_numpy(midi, n_frames: int, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float signal of every non-drum note of a miditoolkit MidiFile."""
+    out = np.zeros(n_frames, dtype=np.float64)
+    table = _voice_table()
+    t2s = midi.get_tick_to_time_mapping()
+    last = len(t2s) - 1
+    release = int(RELEASE_S * rate)
+    for inst in midi.instruments:
+        if inst.is_drum:
+            continue
+        for note in inst.notes:
+            start = int(round(t2s[min(note.start, last)] * rate))
+            held = max(int(round(t2s[min(note.end, last)] * rate)) - start, 1)
+            n = min(held + release, n_frames - start)
+            if n <= 0:
+                continue
+            t = np.arange(n) / rate
+            freq = 440.0 * 2.0 ** ((note.pitch - 69) / 12.0)
+            # wavetable lookup: one gather per sample instead of one sine per partial
+            idx = (np.floor(freq * TABLE_SIZE * t) % TABLE_SIZE).astype(np.intp)
+            env = np.minimum(t / ATTACK_S, 1.0) * np.exp(-t / DECAY_S)
+            if n > held:  # release: linear from the level at note-off down to zero
+                env[held:] = env[held - 1] * np.linspace(1.0, 0.0, n - held + 1)[1:]
+            out[start:start + n] += (note.velocity / 127.0) * env * table[idx]
+    return out
+
+
+def _fluidsynth(midi_path: Path, n_frames: int, rate: int = SAMPLE_RATE) -> np.ndarray:
+    sf = soundfont()
+    exe = shutil.which("fluidsynth")
+    if sf is None or exe is None:
+        raise RenderError("fluidsynth or a General MIDI soundfont is not installed")
+    with tempfile.TemporaryDirectory(prefix="stripes-fluidsynth-") as tmp:
+        raw = Path(tmp) / "out.wav"
+        cmd = [exe, "-n", "-i", "-q", "-F", str(raw), "-T", "wav", "-O", "s16", "-r", str(rate),
+               str(sf), str(midi_path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0 or not raw.is_file():
+            raise RenderError(f"fluidsynth exited {proc.returncode}: {(proc.stderr or proc.stdout)[-500:]}")
+        frames, got_rate = read_wav(raw)
+    if got_rate != rate:
+        raise RenderError(f"fluidsynth wrote {got_rate} Hz, asked for {rate}")
+    mono = frames.mean(axis=1)
+    if mono.size >= n_frames:
+        mono = mono[:n_frames].copy()
+        fade = min(int(FADE_S * rate), n_frames)
+        if fade:
+            mono[n_frames - fade:] *= np.linspace(1.0, 0.0, fade)
+    else:
+        mono = np.concatenate([mono, np.zeros(n_frames - mono.size)])
+    return mono
+
+
+def render(midi_path: str | Path, wav_path: str | Path, renderer: str | None = None) -> str:
+    """Render one MIDI file to a mono 16-bit WAV; returns the renderer that wrote it.
+
+    ``renderer``: ``auto`` (FluidSynth when installed and it produced sound, else numpy),
+    ``fluidsynth`` (error when it cannot) or ``numpy``; default ``$STRIPES_AUDIO`` or ``auto``.
+    """
+    from miditoolkit.midi.parser import MidiFile
+
+    choice = (renderer or os.environ.get("STRIPES_AUDIO") or "auto").lower()
+    if choice not in ("auto", *RENDERERS):
+        raise ValueError(f"unknown renderer {choice!r} (auto, {', '.join(RENDERERS)})")
+    midi_path, wav_path = Path(midi_path), Path(wav_path)
+    midi = MidiFile(str(midi_path))
+    n = n_frames_for(midi_duration(midi))
+    has_notes = any(inst.notes for inst in midi.instruments if not inst.is_drum)
+    if choice == "fluidsynth" or (choice == "auto" and fluidsynth_available()):
+        try:
+            mono = _fluidsynth(midi_path, n)
+            # a soundfont without the needed preset renders silence: that is a failure here
+            if has_notes and not np.any(mono):
+                raise RenderError("fluidsynth rendered silence")
+            _write_wav(wav_path, mono)
+            return "fluidsynth"
+        except (RenderError, OSError, subprocess.SubprocessError) as exc:
+            if choice == "fluidsynth":
+                raise
+            print(f"stripes.audio: {exc}; using the numpy synthesiser for {midi_path.name}", file=sys.stderr)
+    _write_wav(wav_path, synth_numpy(midi, n))
+    return "numpy"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stripes.audio", description="Render MIDI files to WAV.")
+    ap.add_argument("midi", nargs="+", help="MIDI files; each WAV is written next to its MIDI file")
+    ap.add_argument("--renderer", choices=("auto", *RENDERERS), default=None)
+    args = ap.parse_args(argv)
+    for m in args.midi:
+        wav = Path(m).with_suffix(".wav")
+        print(f"{wav}\t{render(m, wav, args.renderer)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
