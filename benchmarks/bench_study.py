@@ -24,17 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_prepare import cpu_model  # noqa: E402  (same folder: the script's directory is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def fresh_copy(dest: Path) -> Path:

@@ -320,6 +320,15 @@ def flagged_marks(rows: list[TableRow]) -> list[str]:
 
 
 
+def cell_columns(rec: dict, col: str, c: Cell, digits: int) -> None:
+    """The CSV columns ``{col}_mean/_std/_mark/_best/_n`` of one cell."""
+    rec[f"{col}_mean"] = fmt(c.mean, digits) if c.state == "ok" else (NA if c.state == "na" else "")
+    rec[f"{col}_std"] = fmt(c.std, digits) if c.state == "ok" else ""
+    rec[f"{col}_mark"] = c.mark
+    rec[f"{col}_best"] = int(c.best)
+    rec[f"{col}_n"] = len(c.values)
+
+
 def table_records(spec: dict, tname: str, rows: list[TableRow], ref: dict) -> list[dict]:
     t = spec["tables"][tname]
     refs = t.get("reference") or []
@@ -332,11 +341,7 @@ def table_records(spec: dict, tname: str, rows: list[TableRow], ref: dict) -> li
             for m in METRIC_ORDER:
                 c = r.cells[(s, m)]
                 col = f"{m}_{short}"
-                rec[f"{col}_mean"] = fmt(c.mean, 4) if c.state == "ok" else (NA if c.state == "na" else "")
-                rec[f"{col}_std"] = fmt(c.std, 4) if c.state == "ok" else ""
-                rec[f"{col}_mark"] = c.mark
-                rec[f"{col}_best"] = int(c.best)
-                rec[f"{col}_n"] = len(c.values)
+                cell_columns(rec, col, c, 4)
                 pv, ps, pm = reference_value(ref, refs, r.pe, r.context, s, m) if refs else (None, None, "")
                 rec[f"{col}_paper"] = "" if pv is None else (pv if pv == NA else f"{pv:g}")
                 rec[f"{col}_paper_std"] = "" if ps is None else f"{ps:g}"
@@ -347,11 +352,7 @@ def table_records(spec: dict, tname: str, rows: list[TableRow], ref: dict) -> li
             for m in EXTRA_METRICS:
                 c = r.cells[(s, m)]
                 col = f"{m}_{SETTING_SHORT[s]}"
-                rec[f"{col}_mean"] = fmt(c.mean, 6) if c.state == "ok" else (NA if c.state == "na" else "")
-                rec[f"{col}_std"] = fmt(c.std, 6) if c.state == "ok" else ""
-                rec[f"{col}_mark"] = c.mark
-                rec[f"{col}_best"] = int(c.best)
-                rec[f"{col}_n"] = len(c.values)
+                cell_columns(rec, col, c, 6)
         for s in SETTINGS:
             rec[f"flags_{SETTING_SHORT[s]}"] = flags_text(r, s)
         out.append(rec)
