@@ -91,7 +91,8 @@ def test_schema_accepts_the_storage_choices_and_rejects_the_rest():
 
 
 def rdb_spec(url: str) -> dict:
-    return {"space": GRID, "storage": {"backend": "rdb", "url": url}}
+    # the fake objective above is a loss (minimised)
+    return {"space": GRID, "objective": "best_val_loss", "storage": {"backend": "rdb", "url": url}}
 
 
 def _rdb_study(url, tmp_path, name="a"):
@@ -100,7 +101,8 @@ def _rdb_study(url, tmp_path, name="a"):
 
 def test_rdb_study_equals_journal_study_and_exports_a_journal(tmp_path):
     url = f"sqlite:///{tmp_path}/optuna.db"
-    journal = tune.run_study(base_cfg(), {"space": GRID}, "rope_c", "bin", tmp_path / "j", objective=objective)
+    journal = tune.run_study(base_cfg(), {"space": GRID, "objective": "best_val_loss"}, "rope_c", "bin", tmp_path / "j",
+                             objective=objective)
     rdb = _rdb_study(url, tmp_path)
     keys = ("params", "value", "trial", "n_trials", "sampler_seed")
     assert {k: rdb[k] for k in keys} == {k: journal[k] for k in keys}
@@ -144,7 +146,7 @@ def test_rdb_study_resumes_after_a_kill_and_a_config_change_starts_a_new_study(t
 
 
 def test_journal_open_lock(tmp_path):
-    spec = {"space": GRID, "storage": {"backend": "journal", "journal_lock": "open"}}
+    spec = {"space": GRID, "objective": "best_val_loss", "storage": {"backend": "journal", "journal_lock": "open"}}
     res = tune.run_study(base_cfg(), spec, "rope_c", "bin", tmp_path, objective=objective)
     assert res["params"] == {"train.lr": 5e-4} and (tmp_path / "study.journal").exists()
 

@@ -161,8 +161,10 @@ def test_make_ui_installs_the_ui_extra_then_starts_the_ui(tmp_path):
     if shutil.which("make") is None:
         pytest.skip("no make on PATH")
     venv = tmp_path / "venv"
-    out = subprocess.run(["make", "-n", "ui", f"VENV={venv}", "UI_ARGS=--port 5001"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    # under `make test` the parent's MAKELEVEL would make this make print "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "ui", f"VENV={venv}", "UI_ARGS=--port 5001"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     install = next(i for i, line in enumerate(lines) if "pip install" in line and "-e '.[dev,ui]'" in line)
