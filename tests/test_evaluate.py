@@ -138,10 +138,7 @@ def test_selection_rules_on_validation_grid(evaluated):
 @pytest.mark.data
 def test_bce_density_and_flags_recomputed(evaluated):
     cfg, base, res = evaluated
-    ck = T.load_checkpoint(base / "train" / "best.pt")
-    model = T.make_model(cfg)
-    model.load_state_dict(ck["model"])
-    model.eval()
+    model, _ = E.load_model(cfg, base / "train" / "best.pt", torch.device("cpu"))
     for bars in (16, 64):
         ds = T.make_dataset(cfg, "test", bars, None)
         x = torch.stack([torch.as_tensor(ds[i]["x"]) for i in range(len(ds))])
@@ -206,9 +203,7 @@ def test_select_rule_exact():
 @pytest.mark.data
 def test_window_csvs_match_a_recomputation_with_the_chosen_binarization(evaluated):
     cfg, base, res = evaluated
-    ck = T.load_checkpoint(base / "train" / "best.pt")
-    model = T.make_model(cfg)
-    model.load_state_dict(ck["model"])
+    model, _ = E.load_model(cfg, base / "train" / "best.pt", torch.device("cpu"))
     chosen = B.Candidate(res["binarization"]["strategy"], res["binarization"]["threshold"], res["binarization"]["gap"])
     for bars in (16, 64):
         rows = list(csv.DictReader(open(base / "ev" / f"windows_test_{bars}.csv")))

@@ -123,21 +123,13 @@ def candidates(
     return out
 
 
-def _key(mean_cs: float, mean_gs: float) -> tuple[float, float]:
-    return (round(float(mean_cs), 9), round(float(mean_gs), 9))
-
-
 def select(scores: Sequence[dict]) -> int:
     """Index of the best candidate: highest ``cs``, ties by ``gs``, then the earliest.
 
     Args:
         scores: one dict per candidate (grid order) with mean validation ``cs`` and ``gs``.
     """
-    best = 0
-    for i, s in enumerate(scores):
-        if _key(s["cs"], s["gs"]) > _key(scores[best]["cs"], scores[best]["gs"]):
-            best = i
-    return best
+    return _best(scores, range(len(scores)), "cs", higher=True)
 
 
 def _best(scores: Sequence[dict], idx: Sequence[int], metric: str, higher: bool) -> int:

@@ -256,12 +256,18 @@ def selected_validation_score(cfg: dict, checkpoint: str | os.PathLike, device: 
     checkpoint: what a tuning trial is scored by (``tune.objective: val_selected``)."""
     ec = eval_config(cfg)
     dev = devmod.select_device(device or ec["device"])
+    model, _ = load_model(cfg, checkpoint, dev)
+    block, _, _ = validation_selection(cfg, model, dev)
+    return block
+
+
+def load_model(cfg: dict, checkpoint: str | os.PathLike, dev: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The run's model with the weights of ``checkpoint``, on ``dev``, in eval mode; and the checkpoint."""
     ck = load_checkpoint(checkpoint)
     model = make_model(cfg)
     model.load_state_dict(ck["model"])
     model.to(dev).eval()
-    block, _, _ = validation_selection(cfg, model, dev)
-    return block
+    return model, ck
 
 
 def setting_summary(pred: np.ndarray, pr: dict, per_window: dict[str, np.ndarray], dense_ratio: float) -> dict:
@@ -347,10 +353,7 @@ def evaluate(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLik
         devmod.keep_freed_memory()
     devmod.seed_everything(int((cfg.get("run") or {}).get("seed", 0)))
 
-    ck = load_checkpoint(checkpoint)
-    model = make_model(cfg)
-    model.load_state_dict(ck["model"])
-    model.to(dev).eval()
+    model, ck = load_model(cfg, checkpoint, dev)
 
     binarization, grid_rows, rules = validation_selection(cfg, model, dev)
     keys = list(grid_rows[0])

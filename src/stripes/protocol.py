@@ -25,20 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from stripes.binarize import SELECTION_RULES
-from stripes.config import read_json
+from stripes.report import read_metrics
 
 COLUMNS = ("cs", "ssmd50", "gs", "ndd")
 SETTINGS = ("test_16", "test_64")
 
 
 def _metrics(path: Path) -> dict | None:
-    try:
-        m = read_json(path)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(m, dict) or m.get("status") == "failed" or "selections" not in m:
-        return None
-    return m
+    """metrics.json when it is usable and records the rules (older files do not), else None."""
+    m = read_metrics(path)
+    return m if m is not None and "selections" in m else None
 
 
 def _fmt(values: list[float], digits: int = 2) -> str:

@@ -85,11 +85,16 @@ class NoTrialCompleted(RuntimeError):
     """Every trial of the study failed or was pruned (the message says which, and why)."""
 
 
+def selected_score(rule: str) -> tuple[str, str]:
+    """(key of the ``binarization`` block, direction) that ``val_selected`` optimises under a
+    selection rule: the validation SSMD for ``min_ssmd``, else the validation CS."""
+    return ("val_ssmd50", "minimize") if rule == "min_ssmd" else ("val_cs", "maximize")
+
+
 def direction(spec: dict, base_cfg: dict) -> str:
     """``maximize`` for the validation CS of the selected binarisation, else ``minimize``."""
     if spec["objective"] == "val_selected":
-        rule = (base_cfg.get("eval") or {}).get("selection", "fixed")
-        return "minimize" if rule == "min_ssmd" else "maximize"
+        return selected_score((base_cfg.get("eval") or {}).get("selection", "fixed"))[1]
     if spec["objective"] in OBJECTIVES:
         return "minimize"
     raise ValueError(f"tune.objective: unknown objective {spec['objective']!r}; known: {', '.join(OBJECTIVES)}")
@@ -213,7 +218,7 @@ def train_objective(base_cfg: dict, spec: dict, out_dir: Path, tracker=None, par
                 binarization = selected_validation_score(cfg, trial_dir / "best.pt")
                 binarization.pop("per_metric", None)
                 trial.set_user_attr("binarization", binarization)
-                value = binarization["val_ssmd50" if binarization["rule"] == "min_ssmd" else "val_cs"]
+                value = binarization[selected_score(binarization["rule"])[0]]
                 if tracker is not None:
                     tracker.log_params(run_id, {f"binarization.{k}": binarization[k]
                                                 for k in ("rule", "strategy", "threshold", "gap")})
