@@ -1,4 +1,4 @@
-"""stripes.config: schema + cross-checks (each bad-config case names its entry), the study plan,
+"""stripes.study + stripes.runconfig: schema + cross-checks (each bad-config case names its entry), the study plan,
 resolved run configs, hashes; a few cases end to end through `snakemake -n`."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stripes import config as sc
+from stripes import runconfig as rc
+from stripes import study as sc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,8 +79,8 @@ def test_quick_overlay_is_the_learning_scale_study(full, registry):
     assert quick["tune"]["space"]["train.lr"]["choices"] == [1e-4, 5e-4, 1e-3]
     assert quick["tune"]["objective"] == "val_selected"
     assert quick["train"]["warmup_epochs"] < quick["train"]["epochs"]
-    rc = sc.resolve_run_config(quick, "ropepool", "bin", 0, "train", registry)
-    assert rc["model"]["d_model"] % rc["model"]["n_heads"] == 0
+    run = rc.resolve_run_config(quick, "ropepool", "bin", 0, "train", registry)
+    assert run["model"]["d_model"] % run["model"]["n_heads"] == 0
 
 
 def test_study_tables_selects_and_names_unknown_tables(full, registry):
@@ -252,23 +253,23 @@ def test_pe_hook_reports_what_each_pe_needs(full, registry):
 
 
 def test_resolved_run_config_and_hash(full, registry):
-    cfg = sc.resolve_run_config(full, "rope_c", "bin", 3, registry=registry, overrides={"train.lr": 5e-4})
+    cfg = rc.resolve_run_config(full, "rope_c", "bin", 3, registry=registry, overrides={"train.lr": 5e-4})
     assert set(cfg) == {"run", "data", "model", "train", "eval", "pe_entry"}
     assert cfg["run"] == {"pe": "rope_c", "context": "bin", "seed": 3, "stage": "train",
                           "settings": ["test_16", "test_64"]}
     assert cfg["train"]["lr"] == 5e-4 and cfg["pe_entry"]["class"] == "stripes.pe.rope.RoPE"
-    h = sc.config_hash(cfg)
-    assert h == sc.config_hash(copy.deepcopy(cfg)) and len(h) == 12
+    h = rc.config_hash(cfg)
+    assert h == rc.config_hash(copy.deepcopy(cfg)) and len(h) == 12
     cfg["train"]["lr"] = 1e-3
-    assert sc.config_hash(cfg) != h
-    assert sc.flatten({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": 1, "a.c": "[1, 2]"}
+    assert rc.config_hash(cfg) != h
+    assert rc.flatten({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": 1, "a.c": "[1, 2]"}
 
 
 def test_stable_seed_pinned():
     import hashlib
 
     expected = int.from_bytes(hashlib.sha256("tune\x1frope_c\x1fbin".encode()).digest()[:8], "big") % 2**31
-    assert sc.stable_seed("tune", "rope_c", "bin") == expected
+    assert rc.stable_seed("tune", "rope_c", "bin") == expected
 
 
 # ------------------------------------------------------------------ through `snakemake -n`

@@ -52,7 +52,7 @@ def _roll_of(midi, name: str, T_: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def evaluated(pop909_dir, structure_dir, tmp_path_factory):
-    from stripes.config import load_pe_registry
+    from stripes.study import load_pe_registry
     from stripes.data.prepare import prepare
 
     base = tmp_path_factory.mktemp("eval")

@@ -550,7 +550,7 @@ def test_grid_point_of_a_killed_trial_is_retried_not_a_duplicate(tmp_path):
     spec = tune.full_spec({"space": {"train.lr": {"type": "categorical", "choices": lrs}},
                            "objective": "best_val_loss"})
     cfg = {"run": {"pe": "nope", "context": "time", "seed": 0, "stage": "tune"}, "train": {}, "model": {}}
-    from stripes.config import config_hash
+    from stripes.runconfig import config_hash
 
     fp = config_hash({"cfg": cfg, "spec": spec})
     journal = tmp_path / "work" / "study.journal"

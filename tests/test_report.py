@@ -296,7 +296,7 @@ def test_scale_caption(tmp_path, scale, note):
 
 
 def test_report_spec_carries_the_scale():
-    from stripes.config import ConfigError, load_config, report_spec, validate_schema
+    from stripes.study import ConfigError, load_config, report_spec, validate_schema
 
     root = Path(__file__).resolve().parents[1]
     base = load_config(root / "config" / "config.yaml")

@@ -112,7 +112,7 @@ def test_status_json_and_no_study(results, tmp_path, capsys):
 
 def test_table_runs_match_the_dag_plan():
     """The runs counted per table are those the DAG plans (config.StudyPlan.table_runs)."""
-    from stripes.config import load_config, plan_study, report_spec
+    from stripes.study import load_config, plan_study, report_spec
 
     cfg = load_config(ROOT / "config" / "config.yaml")
     plan = plan_study(cfg)

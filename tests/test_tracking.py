@@ -60,7 +60,7 @@ def test_run_tags_params_metrics_and_nesting(experiment, tmp_path):
     cfg = {"run": {"pe": "rope_c", "context": "bin", "seed": 3}, "train": {"lr": 1e-3, "sizes": [1, 2]}}
     parent = tr.start_run("tune rope_c/bin", tags=tr.run_tags(cfg, "tune"))
     child = tr.start_run("trial0", tags=tr.run_tags(cfg, "tune"), parent_run_id=parent)
-    from stripes.config import flatten
+    from stripes.runconfig import flatten
 
     tr.log_params(child, flatten(cfg))
     for step in range(3):

@@ -126,7 +126,7 @@ def _restore_threads():
 
 def tiny_cfg(data_dir, seed: int = 0, pe: str = "rope_c", context: str = "bin", **train) -> dict:
     """7 training windows, batch 2 -> 4 steps per epoch; 2 validations per epoch on 2 windows."""
-    from stripes.config import load_pe_registry
+    from stripes.study import load_pe_registry
 
     registry = load_pe_registry({"pe_registry": str(ROOT / "config" / "pe.yaml")}, root=ROOT)
     tc = {"lr": 2e-3, "batch_size": 2, "epochs": 2, "warmup_epochs": 1, "curriculum_epochs": 1,
@@ -139,7 +139,7 @@ def tiny_cfg(data_dir, seed: int = 0, pe: str = "rope_c", context: str = "bin", 
         "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 32, "n_features": 16, "chunk_size": 64},
         "train": tc,
         "eval": {"n_samples": 1, "max_val_windows": 2},
-        "pe_entry": {"name": pe, **registry[pe]},  # as stripes.config.resolve_run_config writes it
+        "pe_entry": {"name": pe, **registry[pe]},  # as stripes.runconfig.resolve_run_config writes it
     }
 
 

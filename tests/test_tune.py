@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from stripes import tune
-from stripes.config import stable_seed
+from stripes.runconfig import stable_seed
 
 GRID = {"train.lr": {"type": "categorical", "choices": [1e-4, 5e-4, 1e-3]}}
 LOSS = {"objective": "best_val_loss"}  # the fake objectives below are losses (minimised)
@@ -33,7 +33,7 @@ def base_cfg(pe="rope_c", ctx="bin"):
 
 def test_stable_seed_is_stable_and_distinct():
     # sha256-based: the same in every process (Python's hash() is salted per process)
-    code = "from stripes.config import stable_seed; print(stable_seed('tune', 'rope_c', 'bin'))"
+    code = "from stripes.runconfig import stable_seed; print(stable_seed('tune', 'rope_c', 'bin'))"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": str(i)}).stdout.strip() for i in range(3)}
     assert outs == {str(stable_seed("tune", "rope_c", "bin"))}
@@ -295,7 +295,7 @@ def test_all_pruned_says_so_and_points_at_the_pruner(tmp_path):
 def test_a_trial_killed_with_its_job_fails_without_an_error_text(tmp_path):
     # a trial left RUNNING by a killed job is marked FAIL on the rerun: there is no error to quote
     spec = tune.full_spec({**LOSS, "space": GRID})
-    from stripes.config import config_hash
+    from stripes.runconfig import config_hash
 
     fp = config_hash({"cfg": base_cfg(), "spec": spec})
     study = tune.open_study(tmp_path / "work" / "study.journal", "rope_c", "bin", spec, fp)

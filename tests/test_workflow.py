@@ -81,7 +81,7 @@ def test_full_study_dry_run_has_separate_train_and_evaluate_jobs(tmp_path):
     proc = snakemake(ROOT, "-n", "--nolock", "--quiet", "rules", timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    from stripes.config import load_config, plan_study
+    from stripes.study import load_config, plan_study
 
     plan = plan_study(load_config(ROOT / "config" / "config.yaml"))
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
@@ -160,7 +160,7 @@ def test_smoke_study_end_to_end(tmp_path):
     (tmp_path / "snakemake.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
 
-    from stripes.config import load_config, plan_study
+    from stripes.study import load_config, plan_study
 
     cfg = load_config(work / "config" / "config.yaml", work / "config" / "smoke.yaml")
     plan = plan_study(cfg)

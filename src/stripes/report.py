@@ -42,12 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stripes.config import METRICS, SETTINGS, read_json, write_json
+from stripes.fileio import read_json
+from stripes.study import METRICS, SETTINGS
 
 METRIC_ORDER = ("cs", "ssmd", "gs", "ndd")
 EXTRA_METRICS = ("bce",)  # not in the paper; columns appended after the paper's
 ALL_METRICS = METRIC_ORDER + EXTRA_METRICS
-# bce stays out of stripes.config.METRICS: that dict also validates `select.metric`, whose schema
+# bce stays out of stripes.study.METRICS: that dict also validates `select.metric`, whose schema
 # enum is the paper's four metrics
 DIRECTIONS = {**METRICS, "bce": "min"}
 DECIMALS = {"bce": 4}  # a mean BCE of sparse piano rolls is ~0.05: two decimals would hide every difference

@@ -31,7 +31,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from stripes.config import config_hash, flatten, read_json, write_json
+from stripes.fileio import read_json, write_json
+from stripes.runconfig import config_hash, flatten
 
 PARAM_MAX = 6000  # MLflow 3 param value limit
 SOURCE_NAME = "stripes"

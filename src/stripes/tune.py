@@ -13,7 +13,7 @@
   is then named ``pe.context.<fingerprint>`` in the database (a changed config starts a new study)
   and exported to ``DIR/study.journal`` at the end.
 * Sampler: ``GridSampler`` (default; reproduces the papers' lr grid), ``TPESampler`` or
-  ``RandomSampler``, seeded with :func:`stripes.config.stable_seed` of (pe, context).
+  ``RandomSampler``, seeded with :func:`stripes.runconfig.stable_seed` of (pe, context).
 * Each trial trains through ``stripes.train.train(cfg, out_dir, callback)``; the callback reports
   the validation loss to the trial and raises ``optuna.TrialPruned`` when the pruner says so.
 * Objective (``tune.objective``), as in the papers (paper-spec A16: the learning rate is chosen
@@ -62,7 +62,8 @@ from typing import Any, Callable
 
 import optuna
 
-from stripes.config import config_hash, read_json, set_dotted, stable_seed, write_json
+from stripes.fileio import read_json, write_json
+from stripes.runconfig import config_hash, set_dotted, stable_seed
 from stripes.storage import (export_study_journal, journal_storage, open_optuna_storage, optuna_storage_settings,
                              study_name)
 

@@ -1,11 +1,11 @@
 # Shared state for all rule files: every rule file appends its final outputs to TARGETS,
 # which `rule all` (in the Snakefile) requests.
 #
-# Also the study plan: stripes.config checks the merged config (the Snakefile's validate() has
+# Also the study plan: stripes.study checks the merged config (the Snakefile's validate() has
 # applied the JSON schema) against what a schema cannot express (PE registry entries, contexts,
 # PE x context compatibility, table references, tuning space, model shapes) HERE, at parse time,
 # so a broken config fails at `snakemake -n` with a message naming the entry. No logic lives here:
-# helpers are in stripes.config (and the failed-run report in stripes.report).
+# helpers are in stripes.study, stripes.runconfig and stripes.jobs (and the failed-run report in stripes.report).
 import json
 import os
 from pathlib import Path
@@ -19,15 +19,9 @@ REPO = Path(workflow.main_snakefile).resolve().parent
 import sys  # noqa: E402
 
 sys.path.insert(0, str(REPO / "src"))
-from stripes.config import (  # noqa: E402
-    ConfigError,
-    as_json,
-    check_study,
-    load_pe_registry,
-    report_spec,
-    resolve_run_config,
-    setup_job_environment,
-)
+from stripes.jobs import as_json, setup_job_environment  # noqa: E402
+from stripes.runconfig import resolve_run_config  # noqa: E402
+from stripes.study import ConfigError, check_study, load_pe_registry, report_spec  # noqa: E402
 from stripes.report import RETRY_PREFIX_ENV, dag_runs, report_failed_runs, retry_prefix  # noqa: E402
 
 setup_job_environment(REPO)

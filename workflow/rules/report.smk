@@ -26,7 +26,7 @@ rule report_spec:
     conda:
         ENV
     shell:
-        "python -m stripes.config write-json --json {params.spec:q} --out {output:q} > {log:q} 2>&1"
+        "python -m stripes.jobs write-json --json {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule aggregate:

@@ -31,7 +31,7 @@ rule resolve_run_config:
     conda:
         ENV
     shell:
-        "python -m stripes.config run-config --base {params.config:q} --best {input.best:q}"
+        "python -m stripes.jobs run-config --base {params.config:q} --best {input.best:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 

@@ -45,7 +45,7 @@ rule tune_config:
     conda:
         ENV
     shell:
-        "python -m stripes.config write-json --json {params.config:q} --out {output.config:q}"
+        "python -m stripes.jobs write-json --json {params.config:q} --out {output.config:q}"
         " --json {params.spec:q} --out {output.spec:q} > {log:q} 2>&1"
 
 

@@ -55,7 +55,7 @@ class PositionalEncoding(nn.Module):
     def config_problems(cls, head_dim: int, kwargs: dict) -> list[str]:
         """What stops this PE from being built with per-head dimension ``head_dim`` and the registry
         ``kwargs``, one message per problem (default: nothing). The constructor raises on the same
-        conditions, but only inside a job; stripes.config.check_study asks here so that a config
+        conditions, but only inside a job; stripes.study.check_study asks here so that a config
         which breaks a PE fails at ``snakemake -n`` instead."""
         return []
 

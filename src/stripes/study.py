@@ -1,31 +1,28 @@
-"""Study configuration: load, validate, plan, resolve per-run configs, hash.
+"""The study: load and check the study config (``config/config.yaml`` + overlays), plan it.
 
-``config/config.yaml`` (plus overlays such as ``config/smoke.yaml``) describes the whole study.
 This module is imported by ``workflow/rules/common.smk`` when the DAG is built, so every check
 here runs at ``snakemake -n``: a broken entry fails before any job starts, with a message that
 names the entry.
 
 Two layers of checks:
 
-* the JSON schema ``workflow/schemas/config.schema.yaml`` (closed objects, types, enums);
+* the JSON schema ``config.schema.yaml`` (closed objects, types, enums);
 * :func:`check_study`: what a schema cannot express (the PE exists in the registry, its class
   lies under the ``stripes.pe`` allow-list and its kwargs bind, the context exists, the PE accepts
   the context, tables name known seed sets / tables / settings, the tuning space is coherent).
 
 :func:`plan_study` turns the ``tables`` section into the unique (pe, context) pairs to tune and
-the (pe, context, seed) runs to train. Light imports only (no torch, no mlflow) except where a PE
-class has to be imported to check it.
+the (pe, context, seed) runs to train; :func:`report_spec` is what ``stripes aggregate`` reads.
+Light imports only (no torch, no mlflow) except where a PE class has to be imported to check it.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -519,164 +516,3 @@ def _check_model(cfg: dict, pes: dict[str, tuple[type, dict]]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- run configs
-
-
-def set_dotted(cfg: dict, path: str, value) -> None:
-    node = cfg
-    parts = path.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-
-
-def get_dotted(cfg: dict, path: str, default=None):
-    node = cfg
-    for p in path.split("."):
-        if not isinstance(node, dict) or p not in node:
-            return default
-        node = node[p]
-    return node
-
-
-def resolve_run_config(
-    cfg: dict,
-    pe: str,
-    context: str,
-    seed: int,
-    stage: str = "train",
-    registry: dict | None = None,
-    overrides: dict | None = None,
-    settings: Iterable[str] | None = None,
-) -> dict:
-    """The resolved per-run config (architecture.md): run, data, model, train, eval, pe_entry."""
-    registry = registry if registry is not None else load_pe_registry(cfg)
-    run_cfg = {
-        "run": {
-            "pe": pe,
-            "context": context,
-            "seed": int(seed),
-            "stage": stage,
-            "settings": list(settings or SETTINGS),
-        },
-        **{k: copy.deepcopy(cfg.get(k) or {}) for k in RUN_SECTIONS},
-        "pe_entry": {"name": pe, **copy.deepcopy(registry[pe])},
-    }
-    for key, value in (overrides or {}).items():
-        set_dotted(run_cfg, key, value)
-    return run_cfg
-
-
-def config_hash(cfg: dict, n: int = 12) -> str:
-    """Stable hash of a (run) config: sha256 of its canonical JSON."""
-    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:n]
-
-
-def stable_seed(*parts: object, bits: int = 31) -> int:
-    """A seed from a stable hash of ``parts`` (sha256; never Python's randomised ``hash()``)."""
-    blob = "\x1f".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") % (2**bits)
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists are JSON-encoded (MLflow params)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(v)
-        else:
-            out[key] = v
-    return out
-
-
-def read_json(path: str | Path) -> dict:
-    with open(path) as fh:
-        return json.load(fh)
-
-
-def write_json(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    tmp.replace(path)
-
-
-# ----------------------------------------------------------------------------- workflow glue
-# Called from workflow/rules/*.smk (one-line run: blocks), so the rule files stay thin.
-
-
-def setup_job_environment(repo: str | Path) -> None:
-    """Make the jobs of this workflow import the package of THIS tree and find `python`.
-
-    ``src/`` goes first on PYTHONPATH (an editable install may point at another checkout), and the
-    interpreter running Snakemake goes first on PATH, so a rule's ``python`` is the project's
-    (with ``--use-conda`` the conda activation puts the env's ``python`` first instead).
-    """
-    import os
-    import sys
-
-    src = str(Path(repo).resolve() / "src")
-    if src not in sys.path:
-        sys.path.insert(0, src)
-    env = os.environ
-    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
-    env["PYTHONPATH"] = os.pathsep.join([src, *parts])
-    bindir = str(Path(sys.executable).parent)
-    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bindir]
-    env["PATH"] = os.pathsep.join([bindir, *path])
-
-
-def write_run_config(base_json: str, best: str | Path, out: str | Path) -> dict:
-    """rule resolve_run_config: base run config (JSON text) + the study's best parameters."""
-    cfg = json.loads(base_json)
-    best_d = read_json(best)
-    for key, value in best_d["params"].items():
-        set_dotted(cfg, key, value)
-    cfg["run"]["tuned"] = {"params": best_d["params"], "value": best_d["value"], "trial": best_d["trial"]}
-    write_json(cfg, out)
-    return cfg
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Small job entry points of the workflow (cheap: no torch, no mlflow).
-
-    python -m stripes.config write-json --json TEXT --out FILE [--json TEXT --out FILE ...]
-    python -m stripes.config run-config --base TEXT --best best.json --out config.json
-    """
-    import argparse
-    import sys
-
-    ap = argparse.ArgumentParser(prog="python -m stripes.config")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("write-json", help="write JSON text (a rule's params) to files")
-    p.add_argument("--json", action="append", required=True)
-    p.add_argument("--out", action="append", required=True)
-    p = sub.add_parser("run-config", help="merge the tuned parameters into a run config")
-    p.add_argument("--base", required=True)
-    p.add_argument("--best", required=True)
-    p.add_argument("--out", required=True)
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.cmd == "write-json":
-        if len(args.json) != len(args.out):
-            ap.error("give one --out per --json")
-        for text, out in zip(args.json, args.out):
-            write_json(json.loads(text), out)
-            print(f"wrote {out}")
-    else:
-        cfg = write_run_config(args.base, args.best, args.out)
-        print(f"wrote {args.out} (tuned: {cfg['run']['tuned']['params']})")
-    return 0
-
-
-def as_json(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
