@@ -21,7 +21,7 @@ workdir: workflow.basedir
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, "src/stripes/resources/config.schema.yaml")  # the schema the stripes package ships
 
 
 include: "workflow/rules/common.smk"

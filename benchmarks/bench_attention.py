@@ -7,8 +7,9 @@ Two tables, each cell a fresh subprocess (so peak memory is that configuration's
 Peak memory: "tensors" = the peak of live tensor bytes during one step, from torch.profiler's
 allocation records (CPU) or max_memory_allocated (CUDA); "RSS" = the ru_maxrss growth of the worker
 (CPU only; includes allocator slack). Time: best (min) and median of --reps steps after a warm-up;
-the min is the less load-sensitive number on a shared machine. On CPU the workers first call
-``stripes.device.keep_freed_memory()``, as ``stripes train`` and ``stripes evaluate`` do
+the min is the less load-sensitive number on a shared machine. On CPU the workers run with
+glibc told to keep freed memory (``stripes.device.KEEP_FREED_MEMORY_ENV`` in their environment),
+as the workflow's jobs run
 (``--no-keep-freed-memory`` measures without it: tensors above glibc's 32 MB mmap limit, e.g.
 at T=16384, are then unmapped and faulted in again every step).
 
@@ -72,16 +73,12 @@ def _worker(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    if dev.type == "cpu" and not args.no_keep_freed_memory:
-        from stripes.device import keep_freed_memory
-
-        keep_freed_memory()
     torch.manual_seed(0)
     b, t = args.batch, args.T
     if args.scope == "attention":
         from stripes.attention import FavorFeatureMap, causal_linear_attention, exact_causal_attention
 
-        fm = FavorFeatureMap(128, 128).train()
+        fm = FavorFeatureMap(128, 128, kernels=args.kernels).train()
         q, k, v = (torch.randn(b, 4, t, 128, device=dev, requires_grad=True) for _ in range(3))
 
         def step():
@@ -96,7 +93,7 @@ def _worker(args) -> dict:
         from stripes.model import build_model
         from stripes.pe import load_registry
 
-        name, cfg = args.kind, {"chunk_size": args.chunk}
+        name, cfg = args.kind, {"chunk_size": args.chunk, "kernels": args.kernels}
         registry = None
         if name == "sdpa":
             registry = load_registry(data={"sdpa": {"class": "stripes.pe.nope.ExactNoPE", "kwargs": {},
@@ -158,10 +155,14 @@ def _run(scope, kind, t, args) -> dict | str:
         return f"skipped: estimated {est:.1f} GB > --mem-limit-gb {args.mem_limit_gb}"
     cmd = [sys.executable, __file__, "--worker", "--scope", scope, "--kind", kind, "--T", str(t),
            "--batch", str(args.batch), "--device", args.device, "--reps", str(args.reps),
-           "--chunk", str(args.chunk), "--threads", str(args.threads)] \
-        + (["--no-keep-freed-memory"] if args.no_keep_freed_memory else [])
+           "--chunk", str(args.chunk), "--threads", str(args.threads), "--kernels", args.kernels]
+    env = dict(os.environ)
+    if args.device == "cpu" and not args.no_keep_freed_memory:
+        from stripes.device import KEEP_FREED_MEMORY_ENV
+
+        env.update(KEEP_FREED_MEMORY_ENV)  # read by glibc when the worker starts
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
         return f"skipped: over --timeout {args.timeout}s"
     if out.returncode:
@@ -225,7 +226,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-limit-gb", type=float, default=6.0, help="skip configurations estimated above this")
     ap.add_argument("--timeout", type=int, default=600, help="per configuration, seconds")
     ap.add_argument("--no-keep-freed-memory", action="store_true",
-                    help="CPU: leave glibc's malloc settings alone (see stripes.device.keep_freed_memory)")
+                    help="CPU: leave glibc's malloc settings alone (see stripes.device.KEEP_FREED_MEMORY_ENV)")
+    ap.add_argument("--kernels", default="auto", choices=["auto", "reference", "fast"],
+                    help="the kernel switch (stripes.kernels)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--scope", default="model", help=argparse.SUPPRESS)
     ap.add_argument("--kind", help=argparse.SUPPRESS)

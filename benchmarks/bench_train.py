@@ -28,8 +28,13 @@ per PE:
 * ``peak MB``: process max RSS (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA);
 * ``eval s/win``: one eval-mode forward pass per window (what validation and evaluation cost).
 
-On CPU the workers first call ``stripes.device.keep_freed_memory()``, as ``stripes train`` does;
-``--no-keep-freed-memory`` measures glibc's default allocator instead. A step whose loss is not
+On CPU the workers run with glibc told to keep freed memory (``MALLOC_MMAP_MAX_=0``,
+``MALLOC_TRIM_THRESHOLD_=2147483647`` in their environment), as the workflow's train and tune
+jobs do (see ``stripes.device.KEEP_FREED_MEMORY_ENV``); ``--no-keep-freed-memory`` measures
+glibc's default allocator instead. ``--kernels reference|fast|auto`` picks the model's kernel
+switch (``stripes.kernels``; default auto) and ``--dtype fp32|bf16`` the step's precision
+(bf16 = ``--bf16``, autocast), so a GPU run can compare the plain forms with the kernels:
+``--device cuda --pes spe --kernels reference`` then ``--kernels auto`` (batched SPE mix). A step whose loss is not
 finite fails the PE's row.
 
 ``--bf16-speedup`` also times fp32 and bf16-autocast steps interleaved in each PE's process and
@@ -106,7 +111,7 @@ def _model(pe: str, context: str, args):
 
     ctx = get_context(context)
     cfg = {"d_model": args.d_model, "n_layers": args.layers, "n_heads": args.heads, "d_ff": args.d_ff,
-           "n_features": args.features, "chunk_size": args.chunk}
+           "n_features": args.features, "chunk_size": args.chunk, "kernels": args.kernels}
     return build_model(pe=pe, context_dim=ctx.dim, regular_grid=ctx.regular_grid, model_cfg=cfg)
 
 
@@ -144,13 +149,13 @@ def worker(args) -> dict:
 
     INPLACE_MATMUL_FLOPS = _inplace_matmul_flops()
 
-    from stripes.device import keep_freed_memory, select_device
+    from stripes.device import KEEP_FREED_MEMORY_ENV, select_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = select_device(args.device)
-    # as `stripes train` does on CPU (see stripes.device.keep_freed_memory)
-    heap_kept = dev.type == "cpu" and not args.no_keep_freed_memory and keep_freed_memory()
+    # the parent sets these for the workers unless --no-keep-freed-memory (glibc reads them at start)
+    heap_kept = dev.type == "cpu" and all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY_ENV.items())
     pe = args.worker
     context = args.context or DEFAULT_CONTEXT.get(pe, "bin")
     torch.manual_seed(0)
@@ -240,6 +245,7 @@ def worker(args) -> dict:
         "threads": torch.get_num_threads(),
         "bf16": args.bf16,
         "heap_kept": heap_kept,
+        "kernels": args.kernels,
     }
 
 
@@ -323,6 +329,9 @@ def main(argv=None) -> int:
                    help="leave glibc's malloc as it is (stripes train keeps freed memory on CPU)")
     p.add_argument("--probe-n", type=int, default=2048, help="size of the per-step fp32 peak probe matmul")
     p.add_argument("--bf16", action="store_true", help="time the steps under bf16 autocast")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="bf16: as --bf16")
+    p.add_argument("--kernels", default="auto", choices=["auto", "reference", "fast"],
+                   help="the model's kernel switch (stripes.kernels)")
     p.add_argument("--bf16-check", action="store_true", help="compare a short fp32 and bf16 loss curve")
     p.add_argument("--bf16-speedup", action="store_true",
                    help="also time fp32 and bf16-autocast steps interleaved and print the speed-up")
@@ -335,6 +344,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.dtype == "bf16":
+        args.bf16 = True
 
     if args.worker:
         print("ROW " + json.dumps(worker(args)), flush=True)
@@ -342,7 +353,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from stripes.device import select_device
+    from stripes.device import KEEP_FREED_MEMORY_ENV, select_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -356,6 +367,7 @@ def main(argv=None) -> int:
     print("machine: " + json.dumps(info))
     print(f"shape: batch {args.batch} x T {args.T}, d_model {args.d_model}, {args.layers} layers, "
           f"{args.heads} heads, m_f {args.features}, chunk {args.chunk}, device {dev}, bf16 {args.bf16}, "
+          f"kernels {args.kernels}, "
           f"keep freed memory {dev.type == 'cpu' and not args.no_keep_freed_memory}")
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (best of 5, n = {8192 if dev.type == 'cuda' else 4096})")
     if bf16_peak:
@@ -366,7 +378,7 @@ def main(argv=None) -> int:
     for pe in [s for s in args.pes.split(",") if s]:
         cmd = [sys.executable, __file__, "--worker", pe, "--device", args.device]
         for k in ("context", "batch", "T", "d_model", "layers", "heads", "d_ff", "features", "chunk", "steps",
-                  "warmup", "threads", "probe_n"):
+                  "warmup", "threads", "probe_n", "kernels"):
             v = getattr(args, k)
             if v is not None:
                 cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -376,7 +388,10 @@ def main(argv=None) -> int:
             cmd.append("--bf16-speedup")
         if args.no_keep_freed_memory:
             cmd.append("--no-keep-freed-memory")
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if not args.no_keep_freed_memory:
+            env.update(KEEP_FREED_MEMORY_ENV)
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith("ROW ")), None)
         if res.returncode or line is None:
             print(f"{pe}: FAILED\n{res.stderr[-2000:]}")

@@ -173,14 +173,16 @@ def test_chunked_output_merges_heads_as_a_view():
     assert y.transpose(1, 2).is_contiguous()
 
 
-def test_feature_map_fast_path_matches_favor_features_values_and_gradients():
-    """FavorFeatureMap (norm folded into epsilon, _PairedExp) against the plain favor_features
-    composition: the same phi and epsilon, and the same attention output and input gradients."""
+@pytest.mark.parametrize("kernels", ["reference", "fast"])
+def test_feature_map_fast_path_matches_favor_features_values_and_gradients(kernels):
+    """FavorFeatureMap (norm folded into epsilon; with the favor kernels, paired_exp and sq_norm)
+    against the plain favor_features composition: the same phi and epsilon, and the same
+    attention output and input gradients."""
     g = torch.Generator().manual_seed(4)
     q = (2 * torch.randn(2, 3, 13, 8, generator=g, dtype=torch.float64)).requires_grad_()
     k = (2 * torch.randn(2, 3, 13, 8, generator=g, dtype=torch.float64)).requires_grad_()
     v = torch.randn(2, 3, 13, 5, generator=g, dtype=torch.float64).requires_grad_()
-    fm = FavorFeatureMap(8, 16, seed=2).eval()
+    fm = FavorFeatureMap(8, 16, seed=2, kernels=kernels).eval()
     omega = fm.omega(q.device, q.dtype)
     phi_q, phi_k, eps = fm(q, k)
     ref_q, shift = favor_features(q, omega, stabilize=True)
@@ -211,12 +213,13 @@ def test_feature_map_gradient_stays_finite_when_epsilon_overflows():
         assert torch.isfinite(grad).all()
 
 
-def test_half_sq_norm_values_and_gradient():
+@pytest.mark.parametrize("fast", [False, True])
+def test_half_sq_norm_values_and_gradient(fast):
     from stripes.attention import _half_sq_norm
 
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
-    out = _half_sq_norm(x.transpose(1, 2), 16)
+    out = _half_sq_norm(x.transpose(1, 2), 16, fast)
     ref = (x_ref.transpose(1, 2) ** 2).sum(-1, keepdim=True) / (2 * math.sqrt(4)) + math.log(16) / 2
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(ref)
@@ -225,5 +228,5 @@ def test_half_sq_norm_values_and_gradient():
     torch.testing.assert_close(x.grad, x_ref.grad)
     # a zero row: the norm's own gradient would divide by 0 there
     z = torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)
-    _half_sq_norm(z, 16).sum().backward()
+    _half_sq_norm(z, 16, fast).sum().backward()
     assert torch.equal(z.grad, torch.zeros_like(z))

@@ -163,14 +163,10 @@ def test_broken_reference_names_the_file(tmp_path):
         K.load_paper_rows(partial)
 
 
-def test_cli_on_prepared_songs(pop909_dir, structure_dir, tmp_path):
+def test_cli_on_prepared_songs(prepared_data, tmp_path):
     from stripes.cli import main
-    from stripes.data.prepare import prepare
 
-    data = tmp_path / "data"
-    prepare({"out_dir": str(data), "pop909_dir": str(pop909_dir), "structure_dir": str(structure_dir),
-             "download": False, "max_songs": 4, "split_fractions": [0.5, 0.25, 0.25], "split_seed": 5},
-            jobs=1, verify_files=False, log=lambda *a, **k: None)
+    data = prepared_data
     out_csv, out_md = tmp_path / "t" / "floor.csv", tmp_path / "t" / "floor.md"
     assert main(["calibrate", "--data-dir", str(data), "--bars", "16", "--out-csv", str(out_csv),
                  "--out-md", str(out_md)]) == 0

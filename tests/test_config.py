@@ -173,6 +173,103 @@ def test_tune_space_checks(full, registry):
     check(cfg, registry)
 
 
+def test_unknown_search_space_key_fails_naming_the_known_keys(full, registry):
+    """The old commented example `train.warmup_steps` names no key: it must fail at `snakemake -n`
+    (check_study), and again in stripes.tune.full_spec before any trial, naming the known keys."""
+    from stripes import schema
+    from stripes.tune import full_spec
+
+    cfg = copy.deepcopy(full)
+    cfg["tune"]["sampler"] = "tpe"
+    cfg["tune"]["space"]["train.warmup_steps"] = {"type": "int", "low": 0, "high": 500, "step": 40}
+    cfg["tune"]["overrides"] = {"eval.treshold": 0.4}
+    msg = bad(cfg, registry, "tune.space.train.warmup_steps: unknown key 'warmup_steps' of section 'train'",
+              "tune.overrides.eval.treshold: unknown key 'treshold' of section 'eval'")
+    assert ", ".join(schema.known_keys("train")) in msg and "warmup_epochs" in msg
+    with pytest.raises(schema.ConfigError, match="train.warmup_steps: unknown key 'warmup_steps'"):
+        full_spec(cfg["tune"])
+    cfg["tune"]["space"] = {"train.warmup_epochs": {"type": "float", "low": 0.0, "high": 3.0, "step": 0.5}}
+    cfg["tune"]["overrides"] = {"eval.threshold": 0.4}
+    check(cfg, registry)
+    assert full_spec(cfg["tune"])["pruner"] == schema.defaults("tune.pruner")
+
+
+def test_commented_search_space_examples_name_real_keys():
+    """Every `section.key: {type: ...}` example in a comment of config/config.yaml names a key."""
+    import re
+
+    from stripes import schema
+
+    examples = re.findall(r"^#\s+((?:data|model|train|eval)\.[a-z_]+): \{type:", (ROOT / "config" / "config.yaml").read_text(),
+                          re.M)
+    assert examples
+    assert [k for k in examples if schema.dotted_key_problem(k, sc.RUN_SECTIONS)] == []
+
+
+def test_schema_is_the_single_source_of_defaults():
+    """Every object is closed; the modules' merged sections are the schema's defaults; config.yaml
+    restates none of the run sections (their defaults live in the schema only)."""
+    from stripes import schema
+    from stripes.data.settings import load_settings
+    from stripes.data.sources import SOURCES
+    from stripes.mi import mi_settings
+    from stripes.tune import full_spec
+
+    assert schema.closed_object_problems("config") == []
+    for section in ("data", "mi", "model", "train", "eval", "tune", "mlflow"):
+        node = schema.section_schema(section)
+        missing = [k for k, v in node["properties"].items() if "default" not in v and k != "storage"]
+        assert missing == [], (section, missing)
+    assert mi_settings() == schema.defaults("mi")
+    assert full_spec(None) == schema.defaults("tune")
+    data = schema.defaults("data")
+    data.update(pop909_url=SOURCES["pop909"].url, structure_url=SOURCES["structure"].url)
+    assert load_settings(None) == data
+    assert schema.defaults("model")["kernels"] == "auto"
+    assert schema.defaults("tune.pruner") == {"type": "none", "n_startup_trials": 2, "n_warmup_steps": 2,
+                                              "interval_steps": 1}
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert not set(raw) & {"data", "mi", "model", "train", "eval", "tune", "mlflow"}, sorted(raw)
+
+
+def test_with_defaults_names_key_section_and_known_keys():
+    from stripes import schema
+
+    assert schema.with_defaults("train", {"lr": 1e-3})["lr"] == 1e-3
+    with pytest.raises(KeyError) as err:  # also a ConfigError (ValueError)
+        schema.with_defaults("train", {"lr_typo": 1})
+    msg = str(err.value)
+    assert "'lr_typo'" in msg and "section 'train'" in msg and "warmup_epochs" in msg
+    assert isinstance(err.value, schema.ConfigError)
+    merged = schema.with_defaults("tune", {"pruner": {"type": "median"}})
+    assert merged["pruner"] == {**schema.defaults("tune.pruner"), "type": "median"}
+    with pytest.raises(schema.UnknownKeyError, match="tune.pruner keys: 'n_startup'"):
+        schema.with_defaults("tune", {"pruner": {"n_startup": 1}})
+
+
+def test_config_readme_key_reference_is_generated_from_the_schema():
+    """config/README.md's key reference is what wf_config_reference.py makes of the schema."""
+    proc = subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "wf_config_reference.py"), "--check",
+                           str(ROOT / "config" / "README.md")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr + "\nrun: python workflow/scripts/wf_config_reference.py --update config/README.md"
+
+
+def test_study_pe_file_is_merged_over_the_packaged_registry(tmp_path):
+    """pe_registry names the study's entries: a new name adds a PE, an existing one replaces it."""
+    from stripes.pe.registry import DEFAULT_REGISTRY
+
+    packaged = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    assert sc.load_pe_registry({}, tmp_path) == packaged  # no pe_registry: the packaged PEs
+    assert sc.load_pe_registry({"pe_registry": "config/pe.yaml"}, ROOT) == packaged  # the study adds none yet
+    mine = {"class": "stripes.pe.rope.RoPE", "kwargs": {"schedule": "shared", "learnable": True},
+            "description": "mine", "reference": "here"}
+    (tmp_path / "pe.yaml").write_text(yaml.safe_dump({"rope_d": mine, "rope_a": mine}))
+    reg = sc.load_pe_registry({"pe_registry": "pe.yaml"}, tmp_path)
+    assert reg["rope_d"] == mine and reg["rope_a"] == mine and set(reg) == set(packaged) | {"rope_d"}
+    with pytest.raises(sc.ConfigError, match="pe_registry: file .*absent.yaml not found"):
+        sc.load_pe_registry({"pe_registry": "absent.yaml"}, tmp_path)
+
+
 def problems(cfg, registry) -> list[str]:
     """The lines of check_study's ConfigError (no schema first: it would stop some of these earlier)."""
     with pytest.raises(sc.ConfigError) as err:
@@ -212,8 +309,8 @@ def test_model_shapes_of_tuned_and_overridden_values_are_checked(full, registry)
     cfg["tune"]["space"]["model.colour"] = {"type": "categorical", "choices": [1]}
     cfg["tune"]["overrides"] = {"model.n_features": 7}  # the tuning trials only
     assert problems(cfg, registry) == [
-        "tune.space.model.colour: unknown model key (known: d_in, d_out, d_model, n_layers, n_heads, d_ff, dropout, "
-        "n_features, chunk_size, feature_seed, linear_impl)",
+        "tune.space.model.colour: unknown key 'colour' of section 'model' (known keys: d_in, d_out, d_model, n_layers, "
+        "n_heads, d_ff, dropout, n_features, chunk_size, feature_seed, linear_impl, kernels)",
         "tune.overrides.model.n_features: n_features = 7 must be even and at least 2 (FAVOR+ draws its random "
         "features in +/- pairs)",
         "tune.space.model.n_heads (choice 5): n_heads = 5 does not divide model.d_model = 512 (each head gets "
@@ -291,24 +388,9 @@ def test_bad_config_fails_at_dry_run(case, tmp_path):
     overlay, fragments = CASES[case]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(overlay))
-    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--nolock", "--configfile",
-                           "config/smoke.yaml", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-3000:]
+    # in process: load_config applies what the Snakefile applies at `-n` (schema + check_study);
+    # test_workflow.py checks once through Snakemake that such an error stops the dry run
+    with pytest.raises(sc.ConfigError) as err:
+        sc.load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "smoke.yaml", path)
     for f in fragments:
-        assert f in out, out[-3000:]
-
-
-def test_dry_run_from_a_subdirectory(tmp_path):
-    """`snakemake -s ../Snakefile` from a subdirectory plans the same study as from the repository
-    (it failed with KeyError: 'mlflow' when config/config.yaml was looked up in the subdirectory)."""
-    def jobs(cwd: Path, snakefile: str, overlay: str) -> str:
-        proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", snakefile, "-n", "--nolock",
-                               "--configfile", overlay], cwd=cwd, capture_output=True, text=True, timeout=300)
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0, out[-3000:]
-        return out[out.index("Job stats:"):].split("\n\n")[0]
-
-    here = jobs(ROOT, "Snakefile", "config/smoke.yaml")
-    assert jobs(ROOT / "tests", "../Snakefile", "../config/smoke.yaml") == here
-    assert "aggregate" in here and "train_evaluate" in here
+        assert f in str(err.value), str(err.value)

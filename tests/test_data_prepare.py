@@ -3,61 +3,38 @@
 from __future__ import annotations
 
 import json
+import shutil
 
-import miditoolkit
 import numpy as np
 import pytest
+from conftest import MELODY, write_song
 
 from stripes.data import annotations as ann
 from stripes.data.midi import SongError
 from stripes.data.prepare import make_split, prepare, window_starts
 
-RNG = np.random.default_rng(7)
-MELODY = RNG.integers(60, 72, size=80).tolist()  # one pitch per quarter note, 80 quarters
 
-
-def _write_song(pop, struct, sid, *, piano=True, melody_txt=None, lead_quarters=2):
-    """Song: PIANO from tick 0, MELODY from quarter ``lead_quarters``; Dai annotations start one
-    quarter after the first note (expected shift +16 ticks)."""
-    tpb = 480
-    midi = miditoolkit.MidiFile(ticks_per_beat=tpb)
-    tracks = {"MELODY": [(p, (lead_quarters + i) * tpb, (lead_quarters + i + 1) * tpb)
-                         for i, p in enumerate(MELODY)],
-              "BRIDGE": [(50, 0, 2 * tpb)]}
-    if piano:
-        tracks["PIANO"] = [(40, 0, 4 * tpb), (43, 16 * tpb, 20 * tpb)]
-    for name, notes in tracks.items():
-        inst = miditoolkit.Instrument(program=0, name=name)
-        inst.notes = [miditoolkit.Note(velocity=80, pitch=p, start=s, end=e) for p, s, e in notes]
-        midi.instruments.append(inst)
-    (pop / sid).mkdir(parents=True)
-    midi.dump(str(pop / sid / f"{sid}.mid"))
-    (pop / sid / "key_audio.txt").write_text("0.0\t5.0\tC:maj\n5.0\t100.0\tD:maj\n")
-    d = struct / sid
-    d.mkdir(parents=True)
-    # annotations start at quarter 1: one rest quarter, then the melody (4 sixteenths per note)
-    lead = lead_quarters - 1
-    (d / "melody.txt").write_text(melody_txt or ("0 %d\n" % (4 * lead) + "".join(f"{p} 4\n" for p in MELODY)))
-    (d / "finalized_chord.txt").write_text(
-        "E:min [4, 7, 11] 4 2 \nD:maj [2, 6, 9] 2 2 \n" * 20 + "A:maj [1, 4, 9] 9 1\n")
-    (d / "human_label1.txt").write_text("i1A8B8b4o3\n")
-    (d / "analyzed_key.txt").write_text("D:maj\n")
-    (d / "tempo.txt").write_text("90")
+@pytest.fixture(scope="session")
+def _synthetic_tree(tmp_path_factory):
+    """Six songs: four good ones, 003 without a PIANO track, 004 with a truncated MIDI and a
+    malformed melody.txt."""
+    base = tmp_path_factory.mktemp("synthetic6")
+    pop, struct = base / "pop" / "POP909", base / "struct" / "POP909"
+    for sid in ("001", "002", "005", "006"):
+        write_song(pop, struct, sid)
+    write_song(pop, struct, "003", piano=None)
+    write_song(pop, struct, "004", melody_txt="60 x\n")
+    (pop / "004" / "004.mid").write_bytes((pop / "004" / "004.mid").read_bytes()[:40])
+    return base
 
 
 @pytest.fixture
-def synthetic(tmp_path):
-    pop, struct = tmp_path / "pop" / "POP909", tmp_path / "struct" / "POP909"
-    pop.mkdir(parents=True)
-    struct.mkdir(parents=True)
-    for sid in ("001", "002", "005", "006"):
-        _write_song(pop, struct, sid)
-    _write_song(pop, struct, "003", piano=False)  # no PIANO track
-    _write_song(pop, struct, "004", melody_txt="60 x\n")  # malformed melody.txt
-    (pop / "004" / "004.mid").write_bytes((pop / "004" / "004.mid").read_bytes()[:40])  # truncated
-    settings = {"pop909_dir": str(pop), "structure_dir": str(struct), "out_dir": str(tmp_path / "out"),
-                "cache_dir": str(tmp_path / "cache"), "download": False, "max_songs": 6}
-    return settings
+def synthetic(_synthetic_tree, tmp_path):
+    # a copy per test: some tests edit the songs
+    shutil.copytree(_synthetic_tree / "pop", tmp_path / "pop")
+    shutil.copytree(_synthetic_tree / "struct", tmp_path / "struct")
+    return {"pop909_dir": str(tmp_path / "pop" / "POP909"), "structure_dir": str(tmp_path / "struct" / "POP909"),
+            "out_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"), "download": False, "max_songs": 6}
 
 
 def test_parsers(tmp_path):

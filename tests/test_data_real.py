@@ -12,7 +12,7 @@ from stripes.data import annotations as ann
 from stripes.data.fetch import SOURCES, verify
 from stripes.data.prepare import prepare
 
-pytestmark = pytest.mark.data
+pytestmark = pytest.mark.real_data
 
 
 @pytest.fixture(scope="module")

@@ -90,9 +90,13 @@ OVERLAY_CASES = {
 def _dry_run_fails_with(overlay: dict, fragments: list[str], tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(overlay))
-    proc = run_snakemake(ROOT, "-n", "--nolock", "--configfile", "config/smoke.yaml", str(path), timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-3000:]
+    # in process: load_config applies what the Snakefile applies at `-n` (schema + check_study);
+    # test_workflow.py checks once through Snakemake that such an error stops the dry run
+    from stripes.study import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "smoke.yaml", path)
+    out = str(err.value)
     for f in fragments:
         assert f in out, f"{f!r} not in the message:\n{out[-3000:]}"
 
@@ -118,8 +122,9 @@ def test_good_storage_overlay_passes_dry_run(tmp_path):
     path.write_text(yaml.safe_dump({
         "mlflow": {"tracking_uri": "postgresql://stripes@127.0.0.1:5432/stripes_mlflow"},
         "tune": {"storage": {"backend": "rdb", "url": "postgresql://stripes@127.0.0.1:5432/stripes_optuna"}}}))
-    proc = run_snakemake(ROOT, "-n", "--nolock", "--configfile", "config/smoke.yaml", str(path), timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    from stripes.study import load_config
+
+    load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "smoke.yaml", path)
 
 
 # ====================================================================== bad data through the data stage
@@ -310,7 +315,7 @@ DATA_ENV = {"STRIPES_POP909": str(POP909), "STRIPES_POP909_STRUCTURE": str(STRUC
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
+def prepared(pop909_dir, structure_dir, tmp_path_factory):  # the fixtures: conftest marks the users real_data
     """A mini-study tree whose data stage has run (copied by each test: prepare runs once)."""
     if not (POP909 / "001" / "001.mid").exists():
         pytest.skip(f"POP909 copy not found at {POP909} (set STRIPES_POP909)")
@@ -453,7 +458,7 @@ def test_training_job_killed_mid_run_resumes_from_its_checkpoint(prepared, nan_s
             return time.time()
         return None
 
-    rc, out, killed_at = _kill_job_when(work, args, "stripes.tracking train", ready)
+    rc, out, killed_at = _kill_job_when(work, args, "stripes.jobs train", ready)
     assert killed_at is not None and rc != 0, out[-3000:]
     assert not (tdir / "train.json").exists(), "training finished before the kill: the test proves nothing"
     import torch
@@ -504,7 +509,7 @@ def test_tune_job_killed_mid_study_keeps_finished_trials(prepared, tmp_path):
     def ready():  # trial 1 started, so trial 0 is finished and in the journal
         return 1 if (trials / "trial001").exists() else None
 
-    rc, out, info = _kill_job_when(work, args, "stripes.cli tune", ready)
+    rc, out, info = _kill_job_when(work, args, "stripes.jobs tune", ready)
     assert info is not None and rc != 0, out[-3000:]
     assert not (work / target).exists()
     assert (work / "results" / "tune" / "nope" / "time" / "work" / "study.journal").exists()  # survives the failed job

@@ -1,6 +1,8 @@
-"""Kernel identities of the PE zoo in float64 (paper-spec §8.1-8.2)."""
+"""Kernel identities of the PE zoo in float64 (paper-spec §8.1-8.2), and every fast op of
+``stripes.kernels`` against the reference form it must equal (values and gradients)."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from stripes.pe.fstripe import FStripe
 from stripes.pe.fstripe1 import FStripe1
 from stripes.pe.rope import RoPE, rope_frequencies
 from stripes.pe.ropepool import RoPEPool
-from stripes.pe.spe import SineSPE, sine_features, sine_mix, sine_mix_reference
+from stripes.pe.spe import SineSPE, sine_features, sine_mix_reference
 from stripes.pe.srpe import SSRPE, s24_sinusoid
 
 H, D = 2, 8
@@ -198,55 +200,6 @@ def test_ape_adds_vaswani_table():
     torch.testing.assert_close(out[0, 3, 1::2], torch.cos(3 / 10000 ** (2 * i / 16)))
 
 
-# ------------------------------------------- fast complex rotations against the reference forms
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_complex_rotation_matches_reference_values_and_gradients(dtype):
-    from stripes.pe.rope import phasor, rotate, rotate_pairs
-    from stripes.pe.ropepool import pool_pairs, pool_rotated_pairs, pool_weights
-
-    g = torch.Generator().manual_seed(0)
-    # q, k as the model hands them over: strided head views of one fused qkv projection; plus a
-    # view at an odd storage offset, which cannot be reinterpreted as complex without a copy
-    qkv = torch.randn(2, 5, 3, 3, 8, generator=g, dtype=dtype)
-    odd = torch.randn(2 * 3 * 5 * 8 + 1, generator=g, dtype=dtype)[1:].view(2, 3, 5, 8)
-    pairs = [(rotate_pairs, lambda x, th: rotate(x, th, phasor(th)), 8),
-             (pool_rotated_pairs, lambda x, th: pool_pairs(x, pool_weights(th)), 4)]
-    for base in (qkv.permute(2, 0, 3, 1, 4)[1], odd):
-        for reference, fast, width in pairs:
-            x_ref = base.detach().clone().requires_grad_()
-            x_fast = base.detach().clone().requires_grad_()
-            th_ref = (torch.rand(2, 3, 5, 4, generator=g, dtype=dtype) * 9).requires_grad_()
-            th_fast = th_ref.detach().clone().requires_grad_()
-            gy = torch.randn(2, 3, 5, width, generator=g, dtype=dtype)
-            ref = reference(x_ref, torch.cos(th_ref), torch.sin(th_ref))
-            out = fast(x_fast, th_fast)
-            torch.testing.assert_close(out, ref)
-            (ref * gy).sum().backward()
-            (out * gy).sum().backward()
-            torch.testing.assert_close(x_fast.grad, x_ref.grad)
-            torch.testing.assert_close(th_fast.grad, th_ref.grad)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fstripe1_cos_sin_pool_matches_reference_values_and_gradients(dtype):
-    from stripes.pe.fstripe1 import cos_sin_pool, cos_sin_pool_reference
-
-    g = torch.Generator().manual_seed(4)
-    qkv = torch.randn(2, 5, 3, 3, 8, generator=g, dtype=dtype)
-    x_ref = qkv.permute(2, 0, 3, 1, 4)[1].detach().requires_grad_()  # strided head view, as in the model
-    x_fast = qkv.detach().clone().permute(2, 0, 3, 1, 4)[1].requires_grad_()
-    th_ref = (torch.rand(2, 3, 5, 8, generator=g, dtype=dtype) * 9).requires_grad_()
-    th_fast = th_ref.detach().clone().requires_grad_()
-    gy = torch.randn(2, 3, 5, 2, generator=g, dtype=dtype)
-    ref = cos_sin_pool_reference(x_ref, torch.cos(th_ref), torch.sin(th_ref))
-    out = cos_sin_pool(x_fast, th_fast, torch.stack([torch.cos(th_fast), torch.sin(th_fast)], -2))
-    torch.testing.assert_close(out, ref)
-    (ref * gy).sum().backward()
-    (out * gy).sum().backward()
-    torch.testing.assert_close(x_fast.grad, x_ref.grad)
-    torch.testing.assert_close(th_fast.grad, th_ref.grad)
-
-
 def test_spe_phase_folded_into_noise_equals_phased_query_features():
     pe = _make(SineSPE, L=2, realizations=3, num_sines=4, gated=False)
     pos = _pos(L=2)
@@ -284,32 +237,249 @@ def test_gated_spe_equals_gating_q_and_k_twice():
             torch.testing.assert_close(out, ref)
 
 
+# ------------------------------------------- stripes.kernels: each fast op against its reference
+# fp64: to rounding; fp32: a few ulps of the largest terms (angles of up to ~100 rad in SPE);
+# bf16 only where the model hands an op bf16 under autocast (the head split of the bf16 qkv
+# projection; the PE and FAVOR+ ops run in float32 there), against fp64 on the same rounded inputs
+TOL = {torch.float64: {}, torch.float32: {"rtol": 1e-4, "atol": 1e-5}, torch.bfloat16: {"rtol": 1e-2, "atol": 1e-2}}
+DTYPES = [torch.float64, torch.float32]
+
+
+def _check(reference, fast, inputs, dtype, seed=0):
+    """fast(*inputs) against reference(*inputs) in ``dtype``: output and the gradient of every
+    input; bf16 is compared with the fp64 reference."""
+    g = torch.Generator().manual_seed(seed)
+    ref_dtype = torch.float64 if dtype is torch.bfloat16 else dtype
+    xs_ref = [x.detach().to(dtype).to(ref_dtype).requires_grad_() for x in inputs]
+    xs_fast = [x.detach().to(dtype).requires_grad_() for x in inputs]
+    ref, out = reference(*xs_ref), fast(*xs_fast)
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    (ref * gy.to(ref.dtype)).sum().backward()
+    (out * gy.to(out.dtype)).sum().backward()
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.to(ref_dtype), ref.detach(), **tol)
+    for a, b in zip(xs_fast, xs_ref):
+        torch.testing.assert_close(a.grad.to(ref_dtype), b.grad, **tol)
+
+
+def _head_view(b, t, h, d, dtype, seed):
+    """q as the model hands it over: a strided head view of one fused qkv projection."""
+    qkv = torch.randn(b, t, 3, h, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return qkv.permute(2, 0, 3, 1, 4)[1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_rotate_equals_rotate_pairs(dtype):
+    from stripes.kernels import rotary
+    from stripes.pe.rope import rotate_pairs
+
+    g = torch.Generator().manual_seed(0)
+    theta = torch.rand(2, 3, 5, 4, generator=g, dtype=torch.float64) * 9
+    odd = torch.randn(2 * 3 * 5 * 8 + 1, generator=g)[1:].view(2, 3, 5, 8)  # odd storage offset
+    for x in (_head_view(2, 5, 3, 8, torch.float64, 1), odd):
+        _check(lambda x, th: rotate_pairs(x, torch.cos(th), torch.sin(th)),
+               lambda x, th: rotary.rotate(x, th, rotary.phasor(th)), [x, theta], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_pool_pairs_equals_pool_rotated_pairs(dtype):
+    from stripes.kernels import rotary
+    from stripes.pe.ropepool import pool_rotated_pairs
+
+    theta = torch.rand(2, 3, 5, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 9
+    _check(lambda x, th: pool_rotated_pairs(x, torch.cos(th), torch.sin(th)),
+           lambda x, th: rotary.pool_pairs(x, rotary.pool_weights(th)), [_head_view(2, 5, 3, 8, torch.float64, 3), theta],
+           dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_cos_sin_pool_equals_reference(dtype):
+    from stripes.kernels import rotary
+    from stripes.pe.fstripe1 import cos_sin_pool_reference
+
+    theta = torch.rand(2, 3, 5, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 9
+    _check(lambda x, th: cos_sin_pool_reference(x, torch.cos(th), torch.sin(th)),
+           lambda x, th: rotary.cos_sin_pool(x, th, rotary.cos_sin_code(th)),
+           [_head_view(2, 5, 3, 8, torch.float64, 5), theta], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_favor_ops_equal_reference(dtype):
+    from stripes.attention import paired_exp_reference, sq_norm_reference
+    from stripes.kernels import favor
+
+    g = torch.Generator().manual_seed(6)
+    x = _head_view(2, 7, 3, 8, torch.float64, 7)
+    _check(sq_norm_reference, favor.sq_norm, [x], dtype)
+    u, c = torch.randn(2, 3, 7, 6, generator=g, dtype=torch.float64), torch.randn(2, 3, 7, 1, generator=g,
+                                                                                  dtype=torch.float64)
+    _check(paired_exp_reference, favor.paired_exp, [u, c], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16])
+def test_kernel_split_heads_equals_view_permute(dtype):
+    from stripes.kernels import heads
+    from stripes.model import split_heads_reference
+
+    qkv = torch.randn(2, 7, 3 * 3 * 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    for i in range(3):  # each output alone (the others get zero gradient rows), then all three
+        _check(lambda x: split_heads_reference(x, 3)[i], lambda x: heads.split_heads(x, 3)[i], [qkv], dtype)
+    _check(lambda x: torch.stack(split_heads_reference(x, 3)), lambda x: torch.stack(heads.split_heads(x, 3)),
+           [qkv], dtype)
+
+
+def _sine_inputs(b, t, L, shared_pos, ones, dtype=torch.float64, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    k, r = 3, 5
+    x = _head_view(b, t, H, D, torch.float64, seed)
+    z = torch.randn(H, (2 * k + ones) * D, r, generator=g, dtype=torch.float64)
+    logit = torch.randn(H, D, k, L, generator=g, dtype=torch.float64)
+    pos = torch.randint(0, 30, (1 if shared_pos else b, t, L), generator=g).to(dtype)
+    return x, z, logit, pos
+
+
+def _feats(pos, logit, ones):
+    freq = torch.sigmoid(logit) / 2
+    feats = sine_features(pos.to(freq.dtype), freq)
+    if ones:
+        feats = torch.cat([feats, torch.ones_like(feats[..., :1, :])], -2)
+    return freq, feats
+
+
+@pytest.mark.parametrize("form", ["blocked", "batched"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b,t,L,rows,shared_pos,ones", [(2, 7, 1, 3, False, False), (3, 9, 2, 100, False, True),
                                                         (3, 5, 3, 2, True, True)])
-def test_sine_mix_matches_reference(b, t, L, rows, shared_pos, ones):
-    """The blocked sine_mix against plain autograd through sine_features: values and the gradients
-    of x (a strided view, as in the model), z and freq (whose gradient sine_mix forms itself);
-    ``ones``: feats carry the gated SPE's extra row of ones."""
-    g = torch.Generator().manual_seed(3)
-    k, r = 3, 5
-    qkv = torch.randn(b, t, 3, H, D, generator=g, dtype=torch.float64, requires_grad=True)
-    z = torch.randn(H, (2 * k + ones) * D, r, generator=g, dtype=torch.float64, requires_grad=True)
-    logit = torch.randn(H, D, k, L, generator=g, dtype=torch.float64, requires_grad=True)
-    pos = torch.randint(0, 30, (1 if shared_pos else b, t, L), generator=g).double()
-    gy = torch.randn(b, H, t, r, generator=g, dtype=torch.float64)
-    results = []
-    for fast in (False, True):
-        qkv.grad = z.grad = logit.grad = None
-        x = qkv[:, :, 1].transpose(1, 2)
-        freq = torch.sigmoid(logit) / 2
-        feats = sine_features(pos, freq)
-        if ones:
-            feats = torch.cat([feats, torch.ones_like(feats[..., :1, :])], -2)
-        if fast:
-            out = sine_mix(x, z, freq, feats.detach(), pos, rows)
-        else:
-            out = sine_mix_reference(x, feats, z)
-        (out * gy).sum().backward()
-        results.append((out.detach(), qkv.grad, z.grad, logit.grad))
-    for fast, ref in zip(*results[::-1]):
-        torch.testing.assert_close(fast, ref)
+def test_kernel_sine_mix_equals_reference(form, dtype, b, t, L, rows, shared_pos, ones):
+    """Both SPE mixes against plain autograd through sine_features: values and the gradients of
+    x (a strided view, as in the model), z and the frequency logits (whose gradient the kernels
+    form themselves); ``ones``: feats carry the gated SPE's extra row of ones."""
+    from stripes.kernels import sine_mix as sm
+
+    x, z, logit, pos = _sine_inputs(b, t, L, shared_pos, ones)
+
+    def reference(x, z, logit):
+        return sine_mix_reference(x, _feats(pos, logit, ones)[1], z)
+
+    def fast(x, z, logit):
+        freq, feats = _feats(pos, logit, ones)
+        p = pos.to(x.dtype)
+        if form == "blocked":
+            return sm.sine_mix_blocked(x, z, freq, feats.detach(), p, rows)
+        return sm.sine_mix_batched(x, z, freq, feats.detach(), p)
+
+    _check(reference, fast, [x, z, logit], dtype)
+
+
+def test_kernel_sine_mix_batched_equals_blocked_bitwise_shape_and_close():
+    """The GPU form and the CPU form agree on CPU (same sums, different blocking)."""
+    from stripes.kernels import sine_mix as sm
+
+    x, z, logit, pos = _sine_inputs(3, 9, 2, False, True)
+    freq, feats = _feats(pos, logit, True)
+    a = sm.sine_mix_blocked(x, z, freq, feats, pos, 4)
+    b = sm.sine_mix_batched(x, z, freq, feats, pos)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------- dropout kernel: the rate is exactly p
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.25, 0.5, 0.3, 1e-3, 0.9])
+def test_dropout_threshold_gives_exactly_p(p):
+    from stripes.kernels.dropout import drop_rate, drop_split
+
+    k, t = drop_split(p)
+    assert 0 <= k < 2**16 and 0 <= t < 2**64
+    assert drop_rate(p) == Fraction(p)  # exact rational equality with the float64 p, no tolerance
+    assert Fraction(k, 2**16) + Fraction(t, 2**80) == Fraction(p)
+
+
+def test_dropout_kernel_rate_scale_and_gradient():
+    from stripes.kernels.dropout import bit_dropout
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 257, 33, requires_grad=True)  # odd sizes: the last int64 word is partly used
+    p = 0.1
+    y = bit_dropout(x, p)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] * (1 / (1 - p)), rtol=0, atol=0)
+    n = x.numel()
+    rate = 1 - kept.float().mean().item()
+    assert abs(rate - p) < 5 * (p * (1 - p) / n) ** 0.5, rate
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() * (1 / (1 - p)), rtol=0, atol=0)
+
+
+def test_dropout_kernel_ties_are_settled_at_the_fractional_rate():
+    """The lanes at the 16-bit threshold (1 in 65536) drop with probability frac(p * 65536): forced
+    here by a rate whose whole mass sits on the tie lane (p = 2^-16 * 0.5 -> k = 0, half the
+    lanes at 0 drop), with enough elements to see it."""
+    from stripes.kernels.dropout import bit_dropout_mask, drop_split
+
+    p = 0.5 / 2**16
+    assert drop_split(p) == (0, 2**63)
+    torch.manual_seed(2)
+    n = 2**24
+    dropped = (bit_dropout_mask((n,), p) == 0).sum().item()
+    expected = n * p  # 128
+    assert abs(dropped - expected) < 5 * expected**0.5, dropped
+
+
+def test_dropout_kernel_lanes_are_independent():
+    from stripes.kernels.dropout import bit_dropout
+
+    torch.manual_seed(1)
+    keep = (bit_dropout(torch.ones(2**20), 0.5) != 0).float()
+    # each int64 word feeds 4 consecutive elements: no lane may be biased or tied to its neighbour
+    lanes = keep.view(-1, 4).mean(0)
+    assert torch.all((lanes - 0.5).abs() < 5 * (0.25 / 2**18) ** 0.5), lanes
+    corr = torch.corrcoef(torch.stack([keep[:-1], keep[1:]]))[0, 1]
+    assert corr.abs() < 0.01
+
+
+# ---------------------------------------------------------------------------------- the switch
+def test_resolve_table():
+    from stripes.kernels import REFERENCE, resolve
+
+    assert resolve("reference", "cpu") == REFERENCE and resolve("reference", "cuda") == REFERENCE
+    cpu = resolve("auto", "cpu")
+    assert cpu.sine_mix == "blocked" and cpu.rotary and cpu.favor and cpu.split_heads and not cpu.dropout
+    assert resolve("fast", "cpu").dropout
+    cuda = resolve("auto", "cuda")
+    assert cuda.sine_mix == "batched" and not (cuda.rotary or cuda.favor or cuda.split_heads or cuda.dropout)
+    assert resolve("fast", "cuda").sine_mix == "batched"
+    with pytest.raises(ValueError, match="kernels"):
+        resolve("turbo", "cpu")
+
+
+@pytest.mark.parametrize("name,context", [("rope_c", "bin"), ("ropepool", "time"), ("fstripe1", "mcp"),
+                                          ("spe", "time"), ("fstripe_sff", "mcp"), ("nope", "time")])
+def test_model_kernels_switch(name, context):
+    """build_model threads model.kernels to the PE, attention and dropout: a PE built on its own
+    computes the plain forms; auto is fast on CPU, bit for bit (dropout 0: they differ only in
+    the dropout mask); reference is close to both."""
+    from stripes.contexts import CONTEXTS
+    from stripes.model import build_model
+    from stripes.pe import build_pe
+
+    ctx = CONTEXTS[context]
+    assert build_pe(name, n_heads=2, head_dim=8, context_dim=ctx.dim).kernel_mode == "reference"
+    cfg = dict(d_in=6, d_out=5, d_model=16, n_layers=2, n_heads=2, d_ff=12, n_features=8, chunk_size=4,
+               dropout=0.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, 6, generator=g)
+    pos = torch.randint(0, 2 if context == "bin" else 20, (2, 9, ctx.dim), generator=g).float()
+    if ctx.regular_grid:
+        pos = torch.arange(9.0).expand(2, 9).unsqueeze(-1).clone()
+    outs = {}
+    for mode in ("auto", "fast", "reference"):
+        torch.manual_seed(0)
+        model = build_model(name, ctx.dim, ctx.regular_grid, {**cfg, "kernels": mode})
+        assert all(pe.kernel_mode == mode for pe in model.pes)
+        torch.manual_seed(1)
+        y = model(x, pos)
+        y.square().sum().backward()
+        outs[mode] = [y.detach()] + [p.grad for p in model.parameters() if p.grad is not None]
+    for a, b in zip(outs["auto"], outs["fast"]):
+        assert torch.equal(a, b)
+    for a, b in zip(outs["auto"], outs["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

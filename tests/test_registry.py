@@ -63,3 +63,24 @@ def test_unknown_name_and_unreadable_file(tmp_path):
         build_pe("nosuch", n_heads=1, head_dim=2, context_dim=1)
     with pytest.raises(RegistryError, match="cannot read"):
         load_registry(tmp_path / "absent.yaml")
+
+
+def test_packaged_registry_is_a_package_resource():
+    """The default registry ships inside the package (no checkout needed), next to its schema."""
+    from stripes.pe.registry import merged_entries
+    from stripes.schema import schema_file
+
+    assert "stripes" in str(DEFAULT_REGISTRY) and "resources" in str(DEFAULT_REGISTRY)
+    assert schema_file("pe").is_file()
+    assert merged_entries() == yaml.safe_load(DEFAULT_REGISTRY.read_text())
+
+
+def test_env_registry_is_merged_over_the_packaged_one(tmp_path, monkeypatch):
+    path = tmp_path / "pe.yaml"
+    path.write_text(yaml.safe_dump({"mine": GOOD, "rope_a": {**GOOD, "description": "replaced"}}))
+    monkeypatch.setenv("STRIPES_PE_REGISTRY", str(path))
+    reg = load_registry()
+    assert reg["mine"].kwargs == {"learnable": True} and reg["rope_a"].description == "replaced"
+    assert "ropepool" in reg  # the packaged entries stay
+    path.write_text("# comments only: adds nothing\n")
+    assert set(load_registry()) == set(load_registry(DEFAULT_REGISTRY))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from stripes import tracking
+from stripes import jobs, tracking
 # the mini study and the job killer of the fault tests, reused as they are (`prepared` is a fixture)
 from test_faults import DATA_ENV, _clone, _kill_job_when, _overlay, prepared, run_snakemake  # noqa: F401
 
@@ -62,8 +62,8 @@ def test_evaluate_with_a_train_record_from_a_deleted_store_logs_to_a_new_run(tmp
     def evaluate(run_id):
         trec.write_text(json.dumps({"run_id": run_id, "status": "ok", "pe": "nope", "context": "time", "seed": 0}))
         capsys.readouterr()
-        rec = tracking.run_evaluate(cfg, tmp_path / "train", tmp_path / "eval", trec, experiment,
-                                    tmp_path / "eval_rec.json", record_failures=False, log_samples=False)
+        rec = jobs.evaluate_job(jobs.start_job("evaluate", experiment), cfg, tmp_path / "train", tmp_path / "eval",
+                                trec, tmp_path / "eval_rec.json", log_samples=False)
         return rec, capsys.readouterr().err
 
     rec, err = evaluate(old_run)
@@ -90,7 +90,7 @@ def test_experiment_file_that_outlived_its_store_says_to_delete_it(tmp_path, cap
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"run": {"pe": "nope", "context": "time", "seed": 0}}))
     capsys.readouterr()
-    rc = tracking.job_main(["train", "--config", str(cfg), "--train-dir", str(tmp_path / "train"),
+    rc = jobs.main(["train", "--config", str(cfg), "--train-dir", str(tmp_path / "train"),
                             "--experiment", str(experiment), "--record", str(tmp_path / "rec.json"), "--record-failures"])
     fix = (f"delete {experiment} (or all of {tmp_path / 'mlflow'}) and rerun snakemake: the mlflow_init rule "
            "creates them again")
@@ -193,7 +193,7 @@ def test_changed_epochs_then_killed_training_job_resumes(finished, tmp_path):
             return time.time()
         return None
 
-    rc, out, killed_at = _kill_job_when(work, args, "stripes.tracking train", ready)
+    rc, out, killed_at = _kill_job_when(work, args, "stripes.jobs train", ready)
     assert killed_at is not None and rc != 0, out[-3000:]
     assert not (tdir / "train.json").exists(), "training finished before the kill: the test proves nothing"
     import torch
@@ -247,3 +247,35 @@ def test_deleted_mlflow_store_rerun_logs_to_new_runs(finished, tmp_path):
         run = tr.client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.info.experiment_id == tr.experiment_id
     assert tr.client.get_run(train).data.tags["evaluated"] == "true"
+
+
+# ====================================================================== params of the run: blocks (slow)
+
+
+@pytest.mark.slow  # two Snakemake parses of the study in a fresh copy (~1 min on 2 busy cores)
+def test_json_rules_written_by_snakemake_rerun_when_their_params_change(tmp_path):
+    """tune_config and report_spec write their params as JSON in a run: block (no job process): a
+    changed setting must still rerun exactly them (Snakemake's params trigger), and nothing else."""
+    from test_faults import fresh_copy
+
+    work = fresh_copy(tmp_path / "repo")
+    targets = ["results/tune/nope/time/spec.json", "results/tables/spec.json"]
+    proc = run_snakemake(work, *targets, "--cores", "1", "--configfile", "config/smoke.yaml", _overlay(work),
+                         env=DATA_ENV)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert json.loads((work / targets[0]).read_text())["n_trials"] == _overlay_n_trials(work)
+    unchanged = run_snakemake(work, "-n", *targets, "--cores", "1", "--configfile", "config/smoke.yaml",
+                              _overlay(work), env=DATA_ENV)
+    assert "Nothing to be done" in unchanged.stdout + unchanged.stderr, unchanged.stdout[-3000:]
+    changed = run_snakemake(work, "-n", *targets, "--cores", "1", "--configfile", "config/smoke.yaml",
+                            _overlay(work, {"tune": {"n_trials": 2}}), env=DATA_ENV)
+    out = changed.stdout + changed.stderr
+    assert changed.returncode == 0, out[-3000:]
+    assert "tune_config" in out and "Params have changed since last execution" in out, out[-3000:]
+    assert "rule report_spec" not in out
+
+
+def _overlay_n_trials(work: Path):
+    import yaml
+
+    return (yaml.safe_load((work / "fault.yaml").read_text()).get("tune") or {}).get("n_trials")

@@ -76,7 +76,7 @@ def _write(path: Path, obj) -> None:
 
 
 def _failed_run(results: Path, pe: str, stage: str, error: str, fused: bool) -> None:
-    """The records a failed run leaves (stripes.tracking): a failed training fails its evaluation too."""
+    """The records a failed run leaves (stripes.jobs): a failed training fails its evaluation too."""
     run = f"{pe}/time/seed0"
     if stage == "train":
         _write(results / "train" / run / "mlflow_run.json", {"status": "failed", "error": error})
@@ -187,7 +187,7 @@ def test_unlock_command_of_the_readme_unlocks(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tuned(prepared, tmp_path_factory):
+def tuned(prepared, tmp_path_factory):  # noqa: F811 - the imported fixture
     """The mini study tuned and its run configs resolved (shared by both DAG shapes: neither the
     tuning nor the run configs depend on study.fuse_train_eval); training takes 1 epoch."""
     work = _clone(prepared, tmp_path_factory.mktemp("tuned") / "repo")

@@ -113,30 +113,7 @@ def test_eight_parallel_writers(experiment):
     assert all(len(tr.client.get_metric_history(r.info.run_id, "val_loss")) == 20 for r in runs)
 
 
-def test_train_wrapper_records_failure(experiment, tmp_path, monkeypatch):
-    """A training that raises: run FAILED in MLflow, failure record written, job exits cleanly."""
-    fake = type(sys)("stripes.train")
-
-    def train(cfg, out_dir, callback=None):
-        callback({"epoch": 0, "step": 5, "train_loss": 1.0, "val_loss": 0.9, "lr": 1e-3, "frames_per_s": 10.0})
-        raise RuntimeError("diverged")
-
-    fake.train = train
-    monkeypatch.setitem(sys.modules, "stripes.train", fake)
-    cfg_path = tmp_path / "config.json"
-    cfg_path.write_text(json.dumps({"run": {"pe": "nope", "context": "time", "seed": 0}}))
-    rec = tracking.run_train(cfg_path, tmp_path / "train", experiment, tmp_path / "rec.json", record_failures=True)
-    assert rec["status"] == "failed" and "diverged" in rec["error"]
-    tr = tracking.Tracker.from_experiment_file(experiment)
-    run = tr.client.get_run(rec["run_id"])
-    assert run.info.status == "FAILED" and run.data.metrics["val_loss"] == 0.9
-    # the evaluation of a failed training writes a failure record, never numbers
-    ev = tracking.run_evaluate(cfg_path, tmp_path / "train", tmp_path / "eval", tmp_path / "rec.json", experiment,
-                               tmp_path / "eval_rec.json")
-    assert ev["status"] == "failed"
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["status"] == "failed"
-    with pytest.raises(RuntimeError):
-        tracking.run_train(cfg_path, tmp_path / "train2", experiment, tmp_path / "rec2.json", record_failures=False)
+# the train and evaluate jobs (records, failure policy): tests/test_jobs.py
 
 
 def test_ui_prints_lean_command(experiment, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_lr_factor_warmup_reaches_peak_then_steplr_from_peak():
-    # spe 4, warm-up 2 epochs (S_w = 8): the ramp ignores the decay and ends at the peak on step 7;
+    # 4 steps per epoch, warm-up 2 epochs (S_w = 8): the ramp ignores the decay and ends at the peak on step 7;
     # the first decay is the end of epoch 1 (the epoch of the last warm-up step), as in [S24]
     f = T.LRFactor(steps_per_epoch=4, warmup_epochs=2, gamma=0.5)
     assert [f(s) for s in range(16)] == [
@@ -68,7 +69,7 @@ def test_lr_factor_state_roundtrips_through_lambdalr():
         opt.step()
         a.step()
     state = a.state_dict()
-    assert state["lr_lambdas"] == [{"spe": 4, "warmup_steps": 8, "gamma": 0.5}]
+    assert state["lr_lambdas"] == [{"steps_per_epoch": 4, "warmup_steps": 8, "gamma": 0.5}]
     opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
     b = torch.optim.lr_scheduler.LambdaLR(opt2, T.LRFactor(4, 2, 0.5))
     b.load_state_dict(state)
@@ -78,6 +79,51 @@ def test_lr_factor_state_roundtrips_through_lambdalr():
             o.step()
             sched.step()
     assert a.get_last_lr() == b.get_last_lr() == [0.5]
+
+
+def test_scheduler_state_of_an_older_last_pt_loads():
+    # last.pt files written before the rename hold the factor's steps per epoch as "spe"
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    a = torch.optim.lr_scheduler.LambdaLR(opt, T.LRFactor(4, 2, 0.5))
+    for _ in range(9):
+        opt.step()
+        a.step()
+    old = a.state_dict()
+    old["lr_lambdas"] = [{"spe": 4, "warmup_steps": 8, "gamma": 0.5}]
+    b = torch.optim.lr_scheduler.LambdaLR(opt, T.LRFactor(4, 2, 0.5))
+    b.load_state_dict(T._upgrade_scheduler_state(old))
+    assert vars(b.lr_lambdas[0]) == {"steps_per_epoch": 4, "warmup_steps": 8, "gamma": 0.5}
+    assert b.last_epoch == 9
+
+
+def test_run_plan_data_order_and_throughput():
+    plan = T.RunPlan("p/c/seed3", "fp", seed=3, n_windows=7, batch_size=2, epochs=2)
+    assert (plan.steps_per_epoch, plan.total_steps) == (4, 8)
+    assert plan.data_order(5) == {"seed": 3, "epoch": 1, "batch": 1, "steps_per_epoch": 4, "n_windows": 7,
+                                  "batch_size": 2}
+    batches = [b["i"].tolist() for b in plan.epoch_loader([{"i": i} for i in range(7)], 1, 1, 0)]
+    order = T.epoch_permutation(3, 1, 7)
+    assert batches == [order[2:4], order[4:6], order[6:]]  # from batch 1 on; the last one short
+    meter = T.Throughput(frames=100, seconds=1.0)  # as restored from last.pt
+    meter.add(30, 0.5)
+    meter.add(10, 0.5)
+    assert (meter.window_fps(), meter.total_fps()) == (40.0, 70.0)
+    meter.new_window()
+    assert meter.window_frames == 0 and meter.total_fps() == 70.0
+
+
+def test_atomic_writes_replace_whole_files(tmp_path):
+    from stripes.fileio import atomic_torch_save, atomic_write_bytes, atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "é\n")
+    atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
+    atomic_torch_save({"w": torch.ones(2)}, tmp_path / "c.pt")
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "é\n" and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["w"], torch.ones(2))
+    with pytest.raises((AttributeError, pickle.PicklingError)):  # a failed write keeps the old file and leaves no temporary one
+        atomic_torch_save(lambda: 0, tmp_path / "c.pt")  # a local lambda cannot be pickled
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin", "c.pt"]
 
 
 def test_curriculum_length():
@@ -107,14 +153,8 @@ def test_unknown_train_key_is_an_error():
 
 
 @pytest.fixture(scope="module")
-def data_dir(pop909_dir, structure_dir, tmp_path_factory):
-    from stripes.data.prepare import prepare
-
-    out = tmp_path_factory.mktemp("data4")
-    prepare({"out_dir": str(out), "pop909_dir": str(pop909_dir), "structure_dir": str(structure_dir),
-             "download": False, "max_songs": 4, "split_fractions": [0.5, 0.25, 0.25], "split_seed": 5},
-            jobs=1, verify_files=False, log=lambda *a, **k: None)
-    return out
+def data_dir(prepared_data):  # 4 synthetic songs (tests/conftest.py), window counts of the real 001-004
+    return prepared_data
 
 
 @pytest.fixture(autouse=True)

@@ -323,7 +323,7 @@ def test_parent_pointer_to_a_deleted_tracking_store_starts_a_new_parent_run(tmp_
     "Run with id=... not found" raised for results/tune/*/work/mlflow_parent.json."""
     import shutil
 
-    from stripes import tracking
+    from stripes import jobs, tracking
 
     def tracker(store=tmp_path / "mlflow"):
         if not (store / "experiment.json").exists():  # what the mlflow_init rule does
@@ -333,13 +333,18 @@ def test_parent_pointer_to_a_deleted_tracking_store_starts_a_new_parent_run(tmp_
 
     out = tmp_path / "tune"
     pointer = out / "work" / "mlflow_parent.json"
-    first = tune.run_study(base_cfg(), LOSS, "rope_c", "bin", out, objective=fake_objective, tracker=tracker())
-    p1 = first["mlflow_run_id"]
+
+    def study(tr):
+        """The study with the tune job's MLflow callbacks; (result, parent run id)."""
+        cb = jobs.TuneTracking(tr, out)
+        return tune.run_study(base_cfg(), LOSS, "rope_c", "bin", out, objective=fake_objective, callbacks=cb), \
+            cb.parent_run_id
+
+    first, p1 = study(tracker())
     assert json.loads(pointer.read_text())["run_id"] == p1
     # control: the store is intact, so the rerun logs into the same parent run, silently
     capsys.readouterr()
-    assert tune.run_study(base_cfg(), LOSS, "rope_c", "bin", out, objective=fake_objective,
-                          tracker=tracker())["mlflow_run_id"] == p1
+    assert study(tracker())[1] == p1
     assert capsys.readouterr().err == ""
 
     shutil.rmtree(tmp_path / "mlflow")
@@ -347,8 +352,7 @@ def test_parent_pointer_to_a_deleted_tracking_store_starts_a_new_parent_run(tmp_
     # the unlinked file), so the recreated store gets a path of its own
     tr = tracker(tmp_path / "mlflow2")
     capsys.readouterr()  # MLflow's own lines about creating the DB
-    second = tune.run_study(base_cfg(), LOSS, "rope_c", "bin", out, objective=fake_objective, tracker=tr)
-    p2 = second["mlflow_run_id"]
+    second, p2 = study(tr)
     assert p2 != p1 and second["params"] == first["params"] and second["resumed_with"] == 3
     assert capsys.readouterr().err == (
         f"stripes tune: rope_c/bin: {pointer} points to MLflow run {p1}, which is not in the tracking store "
@@ -360,8 +364,7 @@ def test_parent_pointer_to_a_deleted_tracking_store_starts_a_new_parent_run(tmp_
 
     # the run deleted in the UI (or its experiment): the same way
     tr.client.delete_run(p2)
-    third = tune.run_study(base_cfg(), LOSS, "rope_c", "bin", out, objective=fake_objective, tracker=tr)
-    assert third["mlflow_run_id"] not in (p1, p2)
+    assert study(tr)[1] not in (p1, p2)
     assert capsys.readouterr().err == (
         f"stripes tune: rope_c/bin: {pointer} points to MLflow run {p2}, which was deleted (it or its experiment); "
         "starting a new parent run and rewriting mlflow_parent.json\n")

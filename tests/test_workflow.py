@@ -1,5 +1,6 @@
-"""The study as one Snakemake DAG: lint, dry-run job lists (adding a PE), and the smoke study
-end to end (slow) in a fresh copy of the repository."""
+"""The study as one Snakemake DAG: its job counts against stripes.study.plan_study, adding a PE
+(slow), lint (slow), and the smoke study end to end (slow, real data) in a fresh copy of the
+repository."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def fresh_copy(dest: Path) -> Path:
@@ -62,42 +62,78 @@ def dry_run_job_list(workdir: Path, *configfiles: str) -> set[tuple[str, str]]:
     return jobs
 
 
-def test_lint_is_clean_for_the_study_rules():
-    proc = snakemake(ROOT, "--lint", "--nolock", "--configfile", "config/smoke.yaml", timeout=300)
-    out = proc.stdout + proc.stderr
-    ours = {"mlflow_init", "tune_config", "tune", "resolve_run_config", "train", "evaluate", "train_evaluate",
-            "report_spec", "aggregate"}
-    flagged = set(re.findall(r"Lints for rule (\w+)", out))
-    assert not flagged & ours, out[-4000:]
-    for f in ("common.smk", "tune.smk", "train.smk", "report.smk"):
-        assert f"Lints for snakefile {ROOT}/workflow/rules/{f}" not in out, out[-4000:]
-    # the full study (config/config.yaml) keeps train and evaluate as separate jobs
-    proc = snakemake(ROOT, "--lint", "--nolock", timeout=300)
-    flagged = set(re.findall(r"Lints for rule (\w+)", proc.stdout + proc.stderr))
-    assert not flagged & ours, (proc.stdout + proc.stderr)[-4000:]
+# ------------------------------------------------------------------ the wiring: Snakemake vs the plan
+# Every `snakemake` start re-imports torch (the Snakefile checks the PE registry at parse time), so
+# the config checks themselves run in process (test_config.py, test_faults.py, test_security.py:
+# stripes.study.load_config = the Snakefile's validate() + check_study()); these tests check that
+# the Snakefile turns the plan into the right DAG and surfaces a check_study error at `-n`.
 
 
-def test_full_study_dry_run_has_separate_train_and_evaluate_jobs(tmp_path):
-    proc = snakemake(ROOT, "-n", "--nolock", "--quiet", "rules", timeout=300)
+def expected_job_counts(plan, fused: bool) -> Counter:
+    once = ["fetch", "prepare", "mutual_information", "toy_kernels", "metric_floor", "mlflow_init",
+            "report_spec", "aggregate", "all"]
+    per_run = ["train_evaluate"] if fused else ["train", "evaluate"]
+    return Counter({**dict.fromkeys(once, 1), "tune_config": len(plan.pairs), "tune": len(plan.pairs),
+                    "resolve_run_config": len(plan.runs), **dict.fromkeys(per_run, len(plan.runs))})
+
+
+def dry_run_job_counts(workdir: Path, *configfiles: Path) -> Counter:
+    """Jobs per rule of `snakemake -n` on an empty results/ (every job scheduled), started from
+    another directory with `-s` (it once failed there with KeyError: 'mlflow')."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "results" / "reference", workdir / "results" / "reference")
+    proc = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "-n", "--nolock", "--quiet",
+                           "rules", "--configfile", *map(str, configfiles)], cwd=workdir.parent, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
+    stats = out[out.index("Job stats:"):].split("\n\n")[0]
+    return Counter({rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE) if rule != "total"})
+
+
+@pytest.mark.parametrize("overlay, fused", [("smoke.yaml", True), ("quick.yaml", False)], ids=["smoke", "quick"])
+def test_dag_matches_the_study_plan(overlay, fused, tmp_path):
+    """smoke fuses train + evaluate into one job per run, quick (like the full study) does not."""
     from stripes.study import load_config, plan_study
 
-    plan = plan_study(load_config(ROOT / "config" / "config.yaml"))
-    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
-    # on a tree that has not trained anything, every run is one train and one evaluate job
-    if "train" in stats:
-        assert int(stats["train"]) <= len(plan.runs) == 127
-        assert "train_evaluate" not in stats
+    configs = (ROOT / "config" / "config.yaml", ROOT / "config" / overlay)
+    cfg = load_config(*configs)
+    assert bool(cfg["study"].get("fuse_train_eval", False)) is fused
+    plan = plan_study(cfg)
+    assert dry_run_job_counts(tmp_path / "work", configs[1]) == expected_job_counts(plan, fused)
 
 
-def test_quick_study_dry_run(tmp_path):
-    jobs = dry_run_job_list(ROOT, "config/quick.yaml")
-    count = Counter(rule for rule, _ in jobs)
-    assert count["train"] == count["evaluate"] == 18 and count["tune"] == 6, count
-    assert count["metric_floor"] == 1 and count["aggregate"] == 1, count
+def test_full_study_plan_keeps_train_and_evaluate_separate():
+    from stripes.study import load_config, plan_study
+
+    cfg = load_config(ROOT / "config" / "config.yaml")
+    assert not cfg["study"].get("fuse_train_eval", False)
+    assert len(plan_study(cfg).runs) == 127
 
 
+def test_a_check_study_error_stops_the_dry_run(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"tables": {"s26_table2": {"rows": [{"pes": ["rope_a", "rope_q"], "contexts": ["time"]}]}}}))
+    proc = snakemake(ROOT, "-n", "--nolock", "--configfile", "config/smoke.yaml", str(bad), timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "tables.s26_table2.rows[0]" in out and "unknown PE 'rope_q'" in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_lint_is_clean_for_the_study_rules():
+    # two configs: the rules of train.smk depend on study.fuse_train_eval
+    for configs in (["--configfile", "config/smoke.yaml"], []):
+        proc = snakemake(ROOT, "--lint", "--nolock", *configs, timeout=300)
+        out = proc.stdout + proc.stderr
+        ours = {"mlflow_init", "tune_config", "tune", "resolve_run_config", "train", "evaluate", "train_evaluate",
+                "report_spec", "aggregate"}
+        flagged = set(re.findall(r"Lints for rule (\w+)", out))
+        assert not flagged & ours, out[-4000:]
+        for f in ("common.smk", "tune.smk", "train.smk", "report.smk"):
+            assert f"Lints for snakefile {ROOT}/workflow/rules/{f}" not in out, out[-4000:]
+
+
+@pytest.mark.slow
 def test_adding_a_pe_schedules_only_its_jobs(tmp_path):
     """In a copy where the smoke study is complete (outputs touched), adding a PE to a table
     schedules only that PE's tune/train/evaluate jobs (and config resolution) plus aggregation."""
@@ -118,8 +154,8 @@ def test_adding_a_pe_schedules_only_its_jobs(tmp_path):
     before = dry_run_job_list(work, "config/smoke.yaml")
     assert not any(rule in ("tune", "train", "evaluate") for rule, _ in before), sorted(before)[:20]
     # 2) the user adds a PE: one registry entry (an existing class) + a table row
-    reg = yaml.safe_load((work / "config" / "pe.yaml").read_text())
-    reg["rope_d"] = {"class": "stripes.pe.rope.RoPE", "kwargs": dict(reg["rope_a"]["kwargs"]),
+    reg = yaml.safe_load((work / "config" / "pe.yaml").read_text()) or {}  # the study's entries (none yet)
+    reg["rope_d"] = {"class": "stripes.pe.rope.RoPE", "kwargs": {"schedule": "shared", "learnable": False},
                      "description": "walk-through example: RoPE(A) under a new name", "reference": "config/README.md"}
     (work / "config" / "pe.yaml").write_text(yaml.safe_dump(reg, sort_keys=False))
     overlay = work / "config" / "add_pe.yaml"
@@ -141,19 +177,9 @@ def test_adding_a_pe_schedules_only_its_jobs(tmp_path):
 # ------------------------------------------------------------------ the smoke study, end to end
 
 
-def _pop909() -> Path:
-    return Path(os.environ.get("STRIPES_POP909", SHARED / "pop909" / "POP909"))
-
-
 @pytest.mark.slow
-def test_smoke_study_end_to_end(tmp_path):
-    pop = _pop909()
-    if not (pop / "001" / "001.mid").exists():
-        pytest.skip(f"POP909 copy not found at {pop} (set STRIPES_POP909)")
-    env = {"STRIPES_POP909": str(pop)}
-    structure = Path(os.environ.get("STRIPES_POP909_STRUCTURE", SHARED / "pop909-structure" / "POP909"))
-    if structure.exists():
-        env["STRIPES_POP909_STRUCTURE"] = str(structure)
+def test_smoke_study_end_to_end(pop909_dir, structure_dir, tmp_path):
+    env = {"STRIPES_POP909": str(pop909_dir), "STRIPES_POP909_STRUCTURE": str(structure_dir)}
     work = fresh_copy(tmp_path / "repo")
     # No wall-clock assertion in a test: benchmarks/bench_study.py measures the smoke study's time.
     proc = snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", env=env, timeout=3600)

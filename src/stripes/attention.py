@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .kernels import check_mode, resolve
+from .kernels import favor as favor_kernels
+
 EPS = 1e-6
 
 
@@ -35,24 +38,20 @@ def draw_orthogonal_features(
     return omega * norms.unsqueeze(0)
 
 
-class _SqNorm(torch.autograd.Function):
-    """|x|^2 over the last dim, (..., 1): one fused pass forward, backward 2 g x in one product
-    (autograd's norm().square() backward divides by the norm and masks its zeros)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_()
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return x * (2 * g)
+def sq_norm_reference(x: Tensor) -> Tensor:
+    """|x|^2 over the last dim, (..., 1)."""
+    return (x * x).sum(-1, keepdim=True)
 
 
-def _half_sq_norm(x: Tensor, m_f: int) -> Tensor:
+def paired_exp_reference(u: Tensor, c: Tensor) -> Tensor:
+    """phi = exp([u - c, -u - c]) (..., 2h) for u (..., h) and a per-row c (..., 1)."""
+    return torch.cat([u - c, -u - c], -1).exp()
+
+
+def _half_sq_norm(x: Tensor, m_f: int, fast: bool = False) -> Tensor:
     """|x|^2 / (2 sqrt D) + log(m_f) / 2, (..., 1): the per-row FAVOR+ exponent offset."""
-    return _SqNorm.apply(x) * (0.5 / math.sqrt(x.shape[-1])) + 0.5 * math.log(m_f)
+    sq = favor_kernels.sq_norm(x) if fast else sq_norm_reference(x)
+    return sq * (0.5 / math.sqrt(x.shape[-1])) + 0.5 * math.log(m_f)
 
 
 def favor_features(x: Tensor, omega: Tensor, stabilize: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -79,43 +78,18 @@ def _project(x: Tensor, omega: Tensor) -> Tensor:
     return (x.reshape(-1, x.shape[-1]) @ omega).view(*x.shape[:-1], omega.shape[-1])
 
 
-class _PairedExp(torch.autograd.Function):
-    """phi = exp([u - c, -u - c]) (..., 2h) for u (..., h) and a per-row c (..., 1).
-
-    Written straight into one buffer (no cat, no negated copy of u); backward is one product
-    g * phi, a half-width difference and, when c needs it, a row sum.
-    """
-
-    @staticmethod
-    def forward(ctx, u, c):
-        h = u.shape[-1]
-        phi = u.new_empty(*u.shape[:-1], 2 * h)
-        torch.sub(u, c, out=phi[..., :h])
-        torch.sub(c.neg(), u, out=phi[..., h:])
-        phi.exp_()
-        ctx.save_for_backward(phi)
-        return phi
-
-    @staticmethod
-    def backward(ctx, g):
-        (phi,) = ctx.saved_tensors
-        h = phi.shape[-1] // 2
-        ge = g * phi
-        du = ge[..., :h] - ge[..., h:]
-        dc = ge.sum(-1, keepdim=True).neg_() if ctx.needs_input_grad[1] else None
-        return du, dc
-
-
 class FavorFeatureMap(nn.Module):
     """FAVOR+ for one attention layer: fresh Omega every training forward (global RNG, so
     ``torch.manual_seed`` reproduces a run), one fixed draw from ``seed`` in eval mode (cached per
-    device/dtype; it never touches the global RNG)."""
+    device/dtype; it never touches the global RNG). ``kernels``: the switch of
+    ``stripes.kernels`` (its ``favor`` ops replace the squared norm and the paired exp)."""
 
-    def __init__(self, d_in: int, n_features: int = 128, seed: int = 0):
+    def __init__(self, d_in: int, n_features: int = 128, seed: int = 0, kernels: str = "reference"):
         super().__init__()
         if n_features % 2:
             raise ValueError(f"n_features must be even, got {n_features}")
         self.d_in, self.n_features, self.seed = d_in, n_features, seed
+        self.kernel_mode = check_mode(kernels)
         self._cache: dict[tuple, Tensor] = {}
 
     def omega(self, device, dtype) -> Tensor:
@@ -138,20 +112,22 @@ class FavorFeatureMap(nn.Module):
         the graph: when it overflows to inf (large |q| at small D, e.g. F-StrIPE1's D = 2) the row's
         output is 0 and its gradient must stay 0, not inf * 0.
         """
+        fast = resolve(self.kernel_mode, q.device).favor
+        paired_exp = favor_kernels.paired_exp if fast else paired_exp_reference
         omega = self.omega(q.device, q.dtype) * self.d_in**-0.25
         u_q, u_k = _project(q, omega), _project(k, omega)
         # queries only: a per-row shift is causal-safe (it is undone through epsilon);
         # a key-side shift would have to look at future keys
         lo, hi = torch.aminmax(u_q.detach(), dim=-1, keepdim=True)
         top = torch.maximum(hi, -lo)
-        n_q = _half_sq_norm(q, self.n_features)
-        phi_q = _PairedExp.apply(u_q, top + (n_q - n_q.detach()))
-        phi_k = _PairedExp.apply(u_k, _half_sq_norm(k, self.n_features))
+        n_q = _half_sq_norm(q, self.n_features, fast)
+        phi_q = paired_exp(u_q, top + (n_q - n_q.detach()))
+        phi_k = paired_exp(u_k, _half_sq_norm(k, self.n_features, fast))
         eps = EPS * torch.exp(n_q.detach() - top).squeeze(-1)
         return phi_q, phi_k, eps
 
     def extra_repr(self) -> str:
-        return f"d_in={self.d_in}, n_features={self.n_features}, seed={self.seed}"
+        return f"d_in={self.d_in}, n_features={self.n_features}, seed={self.seed}, kernels={self.kernel_mode}"
 
 
 # ------------------------------------------------------------------------- causal linear attention

@@ -194,8 +194,117 @@ def render(midi_path: str | Path, wav_path: str | Path, renderer: str | None = N
     return "numpy"
 
 
+# ----------------------------------------------------------------------------- listening page
+
+PAGE_RATE = 11025  # the page's clips: half the WAVs' rate keeps a 16-bar clip under 1 MB of base64
+
+
+def resample(mono: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
+    """Linear-interpolation resampling (enough for a preview clip; the WAV files keep full rate)."""
+    if rate == new_rate or mono.size == 0:
+        return mono
+    n = int(round(mono.size * new_rate / rate))
+    return np.interp(np.arange(n) * (rate / new_rate), np.arange(mono.size), mono)
+
+
+def wav_data_uri(path: str | Path, rate: int = PAGE_RATE) -> str:
+    """A WAV file as a ``data:audio/wav;base64,...`` URI, mono at ``rate`` Hz."""
+    import base64
+    import io
+
+    frames, src_rate = read_wav(path)
+    mono = resample(frames.mean(axis=1), src_rate, rate)
+    pcm = np.clip(np.round(mono * 32767), -32768, 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def page_clips(spec: dict, tables_dir: str | Path, setting: str = "test_16") -> list[dict]:
+    """The clips of the listening page: per metric table, its best row by CS in ``setting``
+    (first seed, first sample), with that sample's target.
+
+    Each clip: ``table``, ``pe``, ``context``, ``seed``, ``cs`` and ``pred`` / ``target`` (WAV
+    paths, or None when the run wrote none: audio off, or a failed run).
+    """
+    import csv
+
+    bars = setting.rsplit("_", 1)[-1]
+    clips = []
+    for name, table in spec["tables"].items():
+        path = Path(tables_dir) / f"{name}.csv"
+        if table["kind"] != "metrics" or not path.exists() or not table["seeds"]:
+            continue
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get(f"cs_{bars}_mean")]
+        if not rows:
+            continue
+        best = max(rows, key=lambda r: float(r[f"cs_{bars}_mean"]))
+        seed = table["seeds"][0]
+        sample_dir = Path(spec["runs_root"]) / best["pe"] / best["context"] / f"seed{seed}" / "samples"
+        preds = sorted(sample_dir.glob(f"{setting}_*_pred.wav"))
+        pred = preds[0] if preds else None
+        target = pred.with_name(pred.name[: -len("_pred.wav")] + "_target.wav") if pred else None
+        clips.append({"table": name, "pe": best["pe"], "context": best["context"], "seed": seed,
+                      "cs": float(best[f"cs_{bars}_mean"]), "pred": pred,
+                      "target": target if target and target.exists() else None})
+    return clips
+
+
+def listening_page(clips: list[dict], out: str | Path, title: str = "stripes: samples") -> Path:
+    """One self-contained HTML page with an ``<audio>`` player per clip (the Snakemake report
+    shows HTML results in its viewer, but offers other files, WAV included, only as downloads)."""
+    import html
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             "<p>Per table, the row with the highest mean CS at 16 bars: its first seed's first test "
+             "sample (prediction: melody, bridge and the predicted piano) and the same window's "
+             f"target, resampled to {PAGE_RATE} Hz. The full-rate WAVs and the MIDI files are in each "
+             "run's <code>samples/</code> folder and in MLflow.</p>"]
+    if not clips:
+        parts.append("<p><b>No clips</b>: no metric table has a 16-bar result yet.</p>")
+    for c in clips:
+        parts.append(f"<h2>{html.escape(c['table'])}: {html.escape(c['pe'])} + {html.escape(c['context'])} "
+                     f"(seed {c['seed']}, mean CS {c['cs']:.2f})</h2>")
+        for label in ("pred", "target"):
+            wav = c[label]
+            name = "prediction" if label == "pred" else "target"
+            if wav is None:
+                parts.append(f"<p>{name}: <b>no audio</b> (audio was off for this run, or the run failed: "
+                             "see results/tables/failures.csv)</p>")
+            else:
+                parts.append(f"<p>{name} <small>({html.escape(Path(wav).name)})</small><br>"
+                             f"<audio controls preload='none' src='{wav_data_uri(wav)}'></audio></p>")
+    parts.append("</body></html>")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(parts))
+    os.replace(tmp, out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stripes.audio", description="Render MIDI files to WAV.")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["page"]:
+        ap = argparse.ArgumentParser(prog="python -m stripes.audio page",
+                                     description="Write the listening page of a built study.")
+        ap.add_argument("--spec", required=True, help="results/tables/spec.json")
+        ap.add_argument("--out", required=True, help="the HTML page to write")
+        args = ap.parse_args(argv[1:])
+        import json
+
+        spec = json.loads(Path(args.spec).read_text())
+        clips = page_clips(spec, Path(args.spec).parent)
+        print(f"wrote {listening_page(clips, args.out)} ({len(clips)} tables)")
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m stripes.audio", description="Render MIDI files to WAV "
+                                 "(`python -m stripes.audio page --help`: the study's listening page).")
     ap.add_argument("midi", nargs="+", help="MIDI files; each WAV is written next to its MIDI file")
     ap.add_argument("--renderer", choices=("auto", *RENDERERS), default=None)
     args = ap.parse_args(argv)

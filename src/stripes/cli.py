@@ -18,8 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "toy": ("stripes.toy", "D=2 kernel analysis (paper Figs. 2-3)"),
     "train": ("stripes.train", "train one harmonizer from a resolved run config"),
     "evaluate": ("stripes.evaluate", "evaluate a checkpoint on 16- and 64-bar test windows"),
-    "tune": ("stripes.tune", "Optuna study for one (PE, context)"),
-    "aggregate": ("stripes.report", "build the tables and figures of the study"),
+    "tune": ("stripes.tune", "Optuna study for one (PE, context), without MLflow"),
+    "aggregate": ("stripes.report", "build the tables and figures of the study, without MLflow"),
+    "job": ("stripes.jobs", "a job of the workflow: init, train, evaluate, train-eval, tune, aggregate (MLflow, records)"),
     "ui": ("stripes.tracking", "start the MLflow UI on 127.0.0.1 and print the runs URL"),
     "status": ("stripes.status", "one-screen summary of results/: runs done/failed/missing, slowest jobs"),
 }

@@ -6,11 +6,8 @@ with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import random
-import sys
 from typing import Any
 
 import numpy as np
@@ -38,41 +35,17 @@ def set_num_threads(n: int | None) -> None:
         torch.set_num_threads(int(n))
 
 
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_heap_kept = False
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
-
-    By default glibc serves blocks of more than a few MiB with ``mmap`` and unmaps them on free,
-    so every activation of a CPU training step (the (8, 1024, 1536) qkv output is 48 MiB) comes
-    back as fresh pages that the kernel must fault in and zero: about 50,000 page faults and
-    0.1 s of system time per paper-size step, 5-15 % of the step on 2 cores. With mmap disabled
-    and a 2 GiB trim threshold, the heap grows to the step's high-water mark once and is reused.
-    This is the problem PyTorch's CPU tuning guide solves by preloading jemalloc or tcmalloc; here
-    it needs no extra library. Results are unchanged (only where memory comes from). The cost is
-    that the process keeps its peak heap until it exits; torch's 64-byte-aligned allocations
-    fragment it a little before it settles (peak RSS of a paper-size CPU step: 1.40 GB with this,
-    1.43 GB without, ``benchmarks/bench_train.py --pes nope [--no-keep-freed-memory]``).
-
-    Applied once per process, on Linux with glibc only; ``STRIPES_KEEP_FREED_MEMORY=0`` turns it
-    off. Returns whether it is in effect.
-    """
-    global _heap_kept
-    if _heap_kept:
-        return True
-    if os.environ.get("STRIPES_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other libcs have no mallopt
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _heap_kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    return _heap_kept
+#: glibc's malloc settings for CPU jobs, set in the jobs' environment (workflow/rules/train.smk,
+#: tune.smk; the benchmarks' workers), never from inside the library: they change the whole
+#: process's allocator, so the process that owns it decides. By default glibc serves blocks of more
+#: than a few MiB with ``mmap`` and unmaps them on free, so every activation of a CPU training step
+#: (the (8, 1024, 1536) qkv output is 48 MiB) comes back as fresh pages that the kernel must fault
+#: in and zero: about 50,000 page faults and 0.1 s of system time per paper-size step, 5-15 % of
+#: the step on 2 cores. With mmap off and a 2 GiB trim threshold the heap grows to the step's
+#: high-water mark once and is reused (peak RSS of a paper-size CPU step: 1.40 GB with this, 1.43
+#: GB without). Results are unchanged (only where memory comes from). These are the environment
+#: forms of ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, 2**31 - 1)``.
+KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
 
 
 def seed_everything(seed: int) -> None:

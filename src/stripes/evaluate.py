@@ -67,37 +67,17 @@ from stripes import binarize as binmod
 from stripes import device as devmod
 from stripes import metrics as metmod
 from stripes import samples as smpmod
+from stripes.fileio import atomic_write_text
+from stripes.runconfig import load_run_config
 from stripes.train import (
-    atomic_write_text,
     load_checkpoint,
-    load_config,
     make_dataset,
     make_model,
     run_name,
     train_bars,
 )
 
-#: defaults of the ``eval:`` section (config/config.yaml documents each key).
-EVAL_DEFAULTS: dict[str, Any] = {
-    "strategies": ["threshold", "merge"],
-    "thresholds": list(binmod.DEFAULT_THRESHOLDS),
-    "gaps": list(binmod.DEFAULT_GAPS),
-    "val_bars": None,
-    "test_bars": None,
-    "max_val_windows": None,
-    "max_test_windows": None,
-    "max_batch_frames": 8192,
-    "selection": "fixed",
-    "threshold": 0.5,
-    "dense_ratio": 2.0,
-    "s24_metrics": False,
-    "n_samples": 4,
-    "sample_settings": ["test_16", "test_64"],
-    "audio_settings": ["test_16", "test_64"],
-    "device": "auto",
-    "bf16": False,
-    "num_threads": 0,
-}
+# the eval section's defaults live in the config schema (stripes.schema.defaults("eval"))
 
 #: per-metric direction for the reference selection (True: higher is better)
 _HIGHER_IS_BETTER = {"cs": True, "ssmd50": False, "gs": True, "ndd": False}
@@ -117,12 +97,11 @@ def test_bars(cfg: dict) -> list[int]:
 
 
 def eval_config(cfg: dict) -> dict[str, Any]:
-    """The ``eval`` section merged over :data:`EVAL_DEFAULTS` (unknown keys are an error)."""
-    section = dict(cfg.get("eval") or {})
-    unknown = set(section) - set(EVAL_DEFAULTS)
-    if unknown:
-        raise KeyError(f"unknown eval keys: {', '.join(sorted(unknown))}")
-    return {**EVAL_DEFAULTS, **section}
+    """The ``eval`` section merged over the schema's defaults; an unknown key raises
+    ``stripes.schema.UnknownKeyError`` (a KeyError) naming it and the known keys."""
+    from stripes.schema import with_defaults
+
+    return with_defaults("eval", cfg.get("eval"))
 
 
 @torch.no_grad()
@@ -349,8 +328,6 @@ def evaluate(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLik
     out.mkdir(parents=True, exist_ok=True)
     devmod.set_num_threads(ec["num_threads"])
     dev = devmod.select_device(device or ec["device"])
-    if dev.type == "cpu":
-        devmod.keep_freed_memory()
     devmod.seed_everything(int((cfg.get("run") or {}).get("seed", 0)))
 
     model, ck = load_model(cfg, checkpoint, dev)
@@ -418,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (metrics.json, per-window CSVs, samples/)")
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="overrides eval.device")
     args = parser.parse_args(argv)
-    res = evaluate(load_config(args.config), args.checkpoint, args.out, device=args.device)
+    res = evaluate(load_run_config(args.config), args.checkpoint, args.out, device=args.device)
     print(json.dumps({k: res[k] for k in res if k.startswith("test_")} | {"binarization": {
         k: res["binarization"][k] for k in ("strategy", "threshold", "gap", "val_cs", "val_gs")}}))
     return 0

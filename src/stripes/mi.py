@@ -23,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULTS = {
-    "contexts": ["time", "rep", "key", "bin", "melody", "chord", "phrase", "mcp"],
-    "bars": 16,
-    "splits": ["train", "val", "test"],
-}
+
+def mi_settings(given: dict | None = None) -> dict:
+    """The ``mi`` section merged over the schema's defaults (stripes.schema); an unknown key
+    raises ``stripes.schema.UnknownKeyError`` naming it and the known keys."""
+    from stripes.schema import with_defaults
+
+    return with_defaults("mi", given, where="mi setting(s)")
 
 
 def entropy(counts: np.ndarray) -> float:
@@ -118,7 +120,7 @@ def compute(data_dir, contexts=None, bars: int = 16, splits=("train", "val", "te
     from stripes.data.store import Prepared, window
 
     t0 = time.perf_counter()
-    contexts = list(contexts or DEFAULTS["contexts"])
+    contexts = list(contexts or mi_settings()["contexts"])
     prepared = Prepared(data_dir)
     rep_order = prepared.settings["rep_order"]
     acc = defaultdict(_Joint)  # (context, variant) -> joint
@@ -193,12 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default=None, help="mi settings: JSON string (config mi section)")
     ap.add_argument("--out", default="results/tables/mutual_information.csv")
     args = ap.parse_args(argv)
+    from stripes.schema import UnknownKeyError
+
     given = json.loads(args.settings) if args.settings else {}
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        print(f"stripes mi: error: unknown mi setting(s) {', '.join(unknown)}", file=sys.stderr)
+    try:
+        s = mi_settings(given)
+    except UnknownKeyError as e:
+        print(f"stripes mi: error: {e}", file=sys.stderr)
         return 2
-    s = {**DEFAULTS, **given}
     try:
         rows = compute(args.data_dir, s["contexts"], s["bars"], s["splits"])
     except FileNotFoundError as e:

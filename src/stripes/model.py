@@ -8,113 +8,60 @@ attention (chunked by default) or exact softmax attention, as the PE requires.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import schema
 from .attention import FavorFeatureMap, causal_linear_attention, exact_causal_attention
+from .kernels import check_mode, resolve
+from .kernels import dropout as dropout_kernels
+from .kernels import heads as head_kernels
 from .pe import PositionalEncoding, get_entry
 
-DEFAULTS: dict[str, Any] = {
-    "d_in": 256,  # melody + bridge pianoroll rows
-    "d_out": 128,  # piano logits (A1)
-    "d_model": 512,
-    "n_layers": 2,
-    "n_heads": 4,
-    "d_ff": 512,  # A13
-    "dropout": 0.1,  # residual branches and FFN (A28)
-    "n_features": 128,  # FAVOR+ m_f (A11)
-    "chunk_size": 128,  # chunk of the chunked causal linear attention
-    "feature_seed": 0,  # seed of the eval-mode FAVOR+ draw (layer l uses feature_seed + l)
-    "linear_impl": "chunked",  # "chunked" (memory linear in T) | "reference" (explicit T x T)
-}
+#: the model section's defaults, read from the config schema (the one place they are defined;
+#: stripes.schema.defaults("model") gives a fresh copy)
+DEFAULTS: dict[str, Any] = schema.defaults("model")
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` with a faster CPU mask: 16 random bits per element instead of ``bernoulli_``.
+    """``nn.Dropout`` (``F.dropout``), or with the dropout kernel the mask of
+    ``stripes.kernels.dropout.bit_dropout_mask`` (same drop probability p, a faster CPU draw).
 
-    On CPU, ``F.dropout`` spends most of its time drawing the Bernoulli mask: forward + backward
-    on an (8,1024,512) fp32 tensor took 43 ms on 2 cores against 16 ms here, where applying a mask
-    costs about 3 ms. So the mask is cut from one full-range 64-bit ``random_`` draw per 4
-    elements: element i is kept when its int16 lane is >= k - 32768, k = round(p * 65536). The
-    drop rate is therefore k / 65536 (0.1 -> 0.100006) and the scale 1 / (1 - k / 65536), held
-    in the float32 mask (0 or scale) that backward multiplies by. ``residual(x, branch)`` is
-    x + dropout(branch) as one ``addcmul``. Other devices use ``F.dropout`` (a fused kernel
-    there). Both draw from torch's global RNG, so ``torch.manual_seed`` and a restored RNG state
-    reproduce it.
+    ``residual(x, branch)`` is x + dropout(branch); with the kernel one ``addcmul``. Both draw from
+    torch's global RNG, so ``torch.manual_seed`` and a restored RNG state reproduce them.
+    ``kernels``: the switch of ``stripes.kernels``.
     """
 
-    def _cpu_mask(self, x: Tensor) -> Tensor | None:
-        """The scaled CPU mask for x, or None where ``F.dropout`` (or nothing) applies."""
-        if x.device.type != "cpu" or self.p >= 1:
-            return None
-        return bit_dropout_mask(x.shape, self.p, x.device)
+    def __init__(self, p: float = 0.5, kernels: str = "reference"):
+        super().__init__(p)
+        self.kernel_mode = check_mode(kernels)
+
+    def _kernel(self, x: Tensor) -> bool:
+        return self.p < 1 and resolve(self.kernel_mode, x.device).dropout
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return x
-        m = self._cpu_mask(x)
-        if m is None:
-            return F.dropout(x, self.p, True)
-        return (x * m).to(x.dtype)
+        if self._kernel(x):
+            return dropout_kernels.bit_dropout(x, self.p)
+        return F.dropout(x, self.p, True)
 
     def residual(self, x: Tensor, branch: Tensor) -> Tensor:
-        """x + dropout(branch); on CPU one pass (``addcmul``) instead of three."""
+        """x + dropout(branch)."""
         if not self.training or self.p == 0:
             return x + branch
-        m = self._cpu_mask(branch)
-        if m is None:
-            return x + F.dropout(branch, self.p, True)
-        return torch.addcmul(x, branch, m)
+        if self._kernel(branch):
+            return dropout_kernels.residual_dropout(x, branch, self.p)
+        return x + F.dropout(branch, self.p, True)
 
 
-def bit_dropout_mask(shape, p: float, device=None) -> Tensor:
-    """float32 mask of ``shape``: 0 with probability round(p * 65536) / 65536, else 1 / (1 - that)."""
-    k = round(p * 65536)
-    if k >= 65536:
-        return torch.zeros(shape, device=device)
-    n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
-    # comparing straight into float32 is one pass; a bool mask and torch.where take three
-    mask = torch.empty(shape, device=device)
-    torch.ge(words.view(torch.int16)[:n].view(shape), k - 32768, out=mask)
-    return mask.mul_(65536 / (65536 - k))
-
-
-def bit_dropout(x: Tensor, p: float) -> Tensor:
-    """Training-mode dropout of CPU tensor x with drop rate round(p * 65536) / 65536 (see Dropout)."""
-    if round(p * 65536) == 0:
-        return x
-    return (x * bit_dropout_mask(x.shape, p, x.device)).to(x.dtype)
-
-
-class _SplitHeads(torch.autograd.Function):
-    """qkv (B,T,3*H*D) -> q, k, v (B,H,T,D) views of it.
-
-    Autograd's own backward of view/permute/unbind stacks the three gradients and then copies
-    the stack into the (B,T,3,H,D) order; here each gradient is copied once, straight into it.
-    """
-
-    @staticmethod
-    def forward(ctx, qkv: Tensor, n_heads: int):
-        b, t, c = qkv.shape
-        ctx.shape = (b, t, 3, n_heads, c // (3 * n_heads))
-        return qkv.view(ctx.shape).permute(2, 0, 3, 1, 4).unbind(0)
-
-    @staticmethod
-    def backward(ctx, gq, gk, gv):
-        g = torch.empty(ctx.shape, dtype=gq.dtype, device=gq.device)
-        for i, gi in enumerate((gq, gk, gv)):
-            g[:, :, i] = gi.transpose(1, 2)
-        return g.flatten(2), None
-
-
-def split_heads(qkv: Tensor, n_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+def split_heads_reference(qkv: Tensor, n_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """q, k, v (B,H,T,D) views of the packed projection qkv (B,T,3*H*D)."""
-    return _SplitHeads.apply(qkv, n_heads)
+    b, t, c = qkv.shape
+    return qkv.view(b, t, 3, n_heads, c // (3 * n_heads)).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 class CausalSelfAttention(nn.Module):
@@ -127,12 +74,16 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
         self.linear = pe.attention == "linear"
         self.impl, self.chunk_size = cfg["linear_impl"], cfg["chunk_size"]
+        self.kernel_mode = check_mode(cfg["kernels"])
         if self.linear:
-            self.features = FavorFeatureMap(pe.d_in, cfg["n_features"], cfg["feature_seed"] + layer)
+            self.features = FavorFeatureMap(pe.d_in, cfg["n_features"], cfg["feature_seed"] + layer,
+                                            self.kernel_mode)
 
     def forward(self, x: Tensor, pe: PositionalEncoding, code: Any) -> Tensor:
         b, t, _ = x.shape
-        q, k, v = split_heads(self.qkv(x), self.n_heads)
+        qkv = self.qkv(x)
+        split = head_kernels.split_heads if resolve(self.kernel_mode, x.device).split_heads else split_heads_reference
+        q, k, v = split(qkv, self.n_heads)
         v_dtype = v.dtype
         if self.linear:
             # PE transform, features and prefix sums in float32 even under autocast: exp() and
@@ -157,7 +108,7 @@ class EncoderLayer(nn.Module):
         self.attn = CausalSelfAttention(d_model, n_heads, pe, layer, cfg)
         self.ff1, self.ff2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.drop = Dropout(dropout)
+        self.drop = Dropout(dropout, cfg["kernels"])
 
     def forward(self, x, pe, code):
         x = self.norm1(self.drop.residual(x, self.attn(x, pe, code)))
@@ -200,12 +151,9 @@ class Harmonizer(nn.Module):
 
 
 def resolve_model_cfg(model_cfg: dict | None) -> dict:
-    cfg = dict(DEFAULTS)
-    unknown = sorted(set(model_cfg or {}) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown model config keys {unknown}; known: {sorted(DEFAULTS)}")
-    cfg.update(model_cfg or {})
-    return cfg
+    """The model section merged over the schema's defaults; an unknown key raises
+    ``stripes.schema.UnknownKeyError`` (a ValueError) naming it and the known keys."""
+    return schema.with_defaults("model", model_cfg, where="model config keys")
 
 
 def build_model(pe: str, context_dim: int, regular_grid: bool, model_cfg: dict | None = None,
@@ -222,7 +170,7 @@ def build_model(pe: str, context_dim: int, regular_grid: bool, model_cfg: dict |
 
     def factory():
         return entry.build(n_heads=cfg["n_heads"], head_dim=head_dim, context_dim=context_dim,
-                           d_model=cfg["d_model"], n_layers=cfg["n_layers"])
+                           d_model=cfg["d_model"], n_layers=cfg["n_layers"]).use_kernels(cfg["kernels"])
 
     return Harmonizer(factory, context_dim, cfg)
 
@@ -232,6 +180,6 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
-    "DEFAULTS", "Dropout", "Harmonizer", "bit_dropout", "bit_dropout_mask", "build_model", "count_parameters",
-    "resolve_model_cfg", "split_heads",
+    "DEFAULTS", "Dropout", "Harmonizer", "build_model", "count_parameters", "resolve_model_cfg",
+    "split_heads_reference",
 ]

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from stripes.fileio import read_json
+from stripes.jobs import RECORD, is_failed, read_record
 from stripes.study import METRICS, SETTINGS
 
 METRIC_ORDER = ("cs", "ssmd", "gs", "ndd")
@@ -76,14 +77,9 @@ def metric_key(metric: str, ssmd_scale: int) -> str:
 
 
 def read_metrics(path: Path) -> dict | None:
-    """metrics.json, or None when missing / a failure record / unreadable."""
-    try:
-        m = read_json(path)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(m, dict) or m.get("status") == "failed":
-        return None
-    return m
+    """metrics.json, or None when missing / a failure record / unreadable (stripes.jobs records)."""
+    m = read_record(path)
+    return None if m is None or is_failed(m) else m
 
 
 def seed_values(runs_root: Path, pe: str, context: str, seeds: list[int], setting: str, metric: str,
@@ -610,14 +606,6 @@ def retry_command(prefix: list[str], records: list[str]) -> str:
     return shlex.join([*prefix, "--forcerun", *records])
 
 
-def _status(path: Path) -> dict | None:
-    try:
-        rec = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) else None
-
-
 def run_failure(results: str | Path, pe: str, context: str, seed: int) -> dict | None:
     """The failure of run (pe, context, seed) from its records, or None when none says failed.
 
@@ -626,13 +614,13 @@ def run_failure(results: str | Path, pe: str, context: str, seed: int) -> dict |
     the split and fused jobs' logs exists)."""
     results = Path(results)
     run = f"{pe}/{context}/seed{seed}"
-    train_rec, eval_rec = (results / stage / run / "mlflow_run.json" for stage in ("train", "eval"))
-    train, ev, metrics = _status(train_rec), _status(eval_rec), _status(results / "eval" / run / "metrics.json")
-    if train and train.get("status") == "failed":
+    train_rec, eval_rec = (results / stage / run / RECORD for stage in ("train", "eval"))
+    train, ev, metrics = (read_record(p) for p in (train_rec, eval_rec, results / "eval" / run / "metrics.json"))
+    if is_failed(train):
         stage, record, reason = "train", train_rec, train.get("error")
-    elif ev and ev.get("status") == "failed":
+    elif is_failed(ev):
         stage, record, reason = "evaluate", eval_rec, ev.get("error")
-    elif metrics and metrics.get("status") == "failed":
+    elif is_failed(metrics):
         stage, record, reason = "evaluate", eval_rec, metrics.get("error")
     else:
         return None
@@ -742,7 +730,7 @@ def aggregate(spec: dict, out_root: str | Path = "results") -> dict:
             f = run_failure(runs_root.parent, pe, ctx, seed)
             if f is None:  # no failure record: the file is missing or not a metrics file
                 reason = "unreadable metrics.json" if p.exists() else "missing metrics.json"
-                record = runs_root / pe / ctx / f"seed{seed}" / "mlflow_run.json"
+                record = runs_root / pe / ctx / f"seed{seed}" / RECORD
                 f = {"pe": pe, "context": ctx, "seed": seed, "stage": "evaluate", "reason": reason,
                      "record": str(record), "log": ""}
             failures.append(f)
@@ -767,21 +755,13 @@ def aggregate(spec: dict, out_root: str | Path = "results") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # without MLflow: the workflow's job, with its summary run, is `stripes job aggregate` (stripes.jobs)
     ap = argparse.ArgumentParser(prog="stripes aggregate", description="Build the study's tables and figures.")
     ap.add_argument("--spec", required=True, help="report spec JSON written by the workflow (results/tables/spec.json)")
     ap.add_argument("--out", default="results", help="results root (tables/ and figures/ below it)")
-    ap.add_argument("--experiment", help="experiment.json: log a summary run with every table and figure")
-    ap.add_argument("--run-record", help="where to write the summary run's id (JSON)")
-    ap.add_argument("--extra-artifact", action="append", default=[], help="more files for the summary run")
     args = ap.parse_args(argv)
     spec = read_json(args.spec)
     summary = aggregate(spec, args.out)
-    if args.experiment:
-        from stripes.tracking import log_summary
-
-        files = summary["written"] + [f for f in args.extra_artifact if f and Path(f).is_file()]
-        rec = log_summary(args.experiment, files, args.run_record or Path(args.out) / "mlflow" / "summary_run.json")
-        summary["mlflow_run_id"] = rec["run_id"]
     print(json.dumps(summary, indent=1))
     return 0
 

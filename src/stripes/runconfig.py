@@ -54,6 +54,16 @@ def resolve_run_config(
     return run_cfg
 
 
+def load_run_config(path: str | Path) -> dict:
+    """Read a resolved run config (JSON; YAML accepted for hand-written configs)."""
+    text = Path(path).read_text()
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml
+
+        return yaml.safe_load(text)
+    return json.loads(text)
+
+
 def config_hash(cfg: dict, n: int = 12) -> str:
     """Stable hash of a (run) config: sha256 of its canonical JSON."""
     blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)

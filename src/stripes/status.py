@@ -2,8 +2,8 @@
 
 * Runs per metrics table, as the DAG plans them (``results/tables/spec.json``, written by the
   ``report_spec`` rule): a run is *done* when ``results/eval/{pe}/{context}/seed{s}/metrics.json``
-  exists and is not a failure record, *failed* when it is one (``"status": "failed"``, see
-  train.smk), *missing* otherwise (not run yet, or running).
+  exists and is not a failure record, *failed* when it is one (read with
+  :func:`stripes.jobs.read_record` / :func:`stripes.jobs.is_failed`, the job layer that writes them), *missing* otherwise (not run yet, or running).
 * The slowest jobs, from Snakemake's benchmark files (``results/benchmarks/**/*.tsv``, column
   ``s``: wall-clock seconds; the mean when a job was benchmarked more than once).
 * Which tables are built, and where.
@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from stripes.jobs import is_failed, read_record
+
 STATES = ("done", "failed", "missing")
 TABLE_EXTS = ("csv", "md", "tex")
 
@@ -28,11 +30,10 @@ def run_state(eval_root: Path, pe: str, context: str, seed: int) -> tuple[str, s
     path = Path(eval_root) / pe / context / f"seed{seed}" / "metrics.json"
     if not path.is_file():
         return "missing", "no metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
+    metrics = read_record(path)
+    if metrics is None:
         return "failed", "unreadable metrics.json"
-    if isinstance(metrics, dict) and metrics.get("status") == "failed":
+    if is_failed(metrics):
         return "failed", str(metrics.get("error", "failed"))
     return "done", ""
 

@@ -6,7 +6,8 @@ names the entry.
 
 Two layers of checks:
 
-* the JSON schema ``config.schema.yaml`` (closed objects, types, enums);
+* the JSON schema (``stripes.schema``: the packaged ``config.schema.yaml``, closed objects, types,
+  enums, and every key's default);
 * :func:`check_study`: what a schema cannot express (the PE exists in the registry, its class
   lies under the ``stripes.pe`` allow-list and its kwargs bind, the context exists, the PE accepts
   the context, tables name known seed sets / tables / settings, the tuning space is coherent).
@@ -26,9 +27,11 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
+from stripes import schema
+from stripes.schema import ConfigError, validate_schema
+
+#: the study config, relative to the working directory (the repository, where the workflow runs)
+DEFAULT_CONFIG = Path("config") / "config.yaml"
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")  # lowercase snake_case, no "__", no "/"
 SETTINGS = {"test_16": "Train 16 / Test 16", "test_64": "Train 16 / Test 64"}
@@ -36,8 +39,8 @@ METRICS = {"cs": "max", "ssmd": "min", "gs": "max", "ndd": "min"}  # direction o
 RUN_SECTIONS = ("data", "model", "train", "eval")
 
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names every offending entry."""
+__all__ = ["ConfigError", "validate_schema", "load_config", "load_pe_registry", "check_study", "plan_study",
+           "report_spec", "deep_merge", "StudyPlan", "TableSpec", "Row"]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -55,49 +58,46 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 
 
 def load_config(*paths: str | Path, validate: bool = True) -> dict:
-    """Load ``config/config.yaml`` (default) and overlays in order; optionally validate."""
+    """Load ``config/config.yaml`` (default) and overlays in order, fill the schema defaults
+    (as the Snakefile's ``validate()`` does, so code sees what the workflow sees); optionally
+    validate and check."""
     paths = paths or (DEFAULT_CONFIG,)
     cfg: dict = {}
     for p in paths:
         with open(p) as fh:
             cfg = deep_merge(cfg, yaml.safe_load(fh) or {})
+    schema.fill_defaults(cfg)
     if validate:
         validate_schema(cfg)
         check_study(cfg)
     return cfg
 
 
-def validate_schema(cfg: dict, schema_path: str | Path = SCHEMA) -> None:
-    """JSON-schema validation with a message naming the path of every error."""
-    import jsonschema
-
-    with open(schema_path) as fh:
-        schema = yaml.safe_load(fh)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  {'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
-        raise ConfigError("config does not match workflow/schemas/config.schema.yaml:\n" + "\n".join(lines))
-
-
 # ----------------------------------------------------------------------------- PE registry
 
 
+def pe_registry_path(cfg: dict, root: str | Path | None = None) -> Path | None:
+    """The study's registry file (``pe_registry``), relative to ``root`` (else the working
+    directory); None when the config names none."""
+    name = cfg.get("pe_registry")
+    if not name:
+        return None
+    path = Path(name)
+    return path if path.is_absolute() else Path(root or Path.cwd()) / path
+
+
 def load_pe_registry(cfg: dict, root: str | Path | None = None) -> dict:
-    """The raw PE registry (``config/pe.yaml`` by default): name -> entry dict."""
-    path = Path(cfg.get("pe_registry", "config/pe.yaml"))
-    if not path.is_absolute():
-        path = Path(root or Path.cwd()) / path
-        if not path.exists():
-            path = ROOT / cfg.get("pe_registry", "config/pe.yaml")
-    if not path.exists():
+    """The raw PE registry, name -> entry dict: the packaged entries with the study's
+    ``pe_registry`` file merged over them (a new name adds a PE, an existing one replaces it)."""
+    from stripes.pe.registry import RegistryError, merged_entries
+
+    path = pe_registry_path(cfg, root)
+    if path is not None and not path.exists():
         raise ConfigError(f"pe_registry: file {path} not found")
-    with open(path) as fh:
-        reg = yaml.safe_load(fh) or {}
-    # tolerate a top-level wrapper key ({pes: {...}}) as well as a flat mapping
-    if set(reg) == {"pes"} and isinstance(reg["pes"], dict):
-        reg = reg["pes"]
-    return reg
+    try:
+        return merged_entries(path)
+    except RegistryError as exc:
+        raise ConfigError(f"pe_registry: {exc}") from None
 
 
 def check_pe_entry(name: str, entry: Any) -> type:
@@ -204,8 +204,9 @@ def plan_study(cfg: dict) -> StudyPlan:
     study = cfg.get("study", {})
     seed_sets = study.get("seeds", {})
     tables: dict[str, TableSpec] = {}
-    for name, spec in active_tables(cfg).items():
-        kind = spec.get("kind", "metrics")
+    for name, given in active_tables(cfg).items():
+        spec = schema.with_defaults("tables.*", given, where=f"tables.{name} keys")
+        kind = spec["kind"]
         seeds_key = spec.get("seeds")
         seeds = list(seed_sets.get(seeds_key, [])) if isinstance(seeds_key, str) else _as_list(seeds_key)
         t = TableSpec(
@@ -213,10 +214,10 @@ def plan_study(cfg: dict) -> StudyPlan:
             kind=kind,
             caption=spec.get("caption", name),
             seeds=[int(s) for s in seeds],
-            ssmd_scale=int(spec.get("ssmd_scale", 50)),
-            reference=spec.get("reference"),
-            select=dict(spec.get("select") or {}),
-            group_by=spec.get("group_by", "context"),
+            ssmd_scale=int(spec["ssmd_scale"]),
+            reference=spec["reference"],
+            select=dict(spec["select"]),
+            group_by=spec["group_by"],
         )
         for row in spec.get("rows") or []:
             contexts = _as_list(row.get("context")) + _as_list(row.get("contexts"))
@@ -385,7 +386,8 @@ def check_study(cfg: dict, registry: dict | None = None, root: str | Path | None
                     pass  # defaults apply (cs on test_16)
             for pe in pes:
                 if pe not in registry:
-                    errors.append(f"{rw}: unknown PE {pe!r} (registry {cfg.get('pe_registry')} has: {', '.join(registry)})")
+                    source = "the packaged PEs" + (f" + {cfg['pe_registry']}" if cfg.get("pe_registry") else "")
+                    errors.append(f"{rw}: unknown PE {pe!r} (the registry, {source}, has: {', '.join(registry)})")
                     continue
                 cls = pe_class(pe)
                 if cls is None:
@@ -418,20 +420,28 @@ def check_study(cfg: dict, registry: dict | None = None, root: str | Path | None
     return plan_study(cfg)
 
 
-def _check_tune(tune: dict) -> list[str]:
+def tune_key_problems(tune: dict) -> list[str]:
+    """Keys of ``tune.space`` and ``tune.overrides`` that name no key of the run config's schema
+    (a trial would set a key that training rejects, or that nothing reads)."""
     errors = []
+    for sec in ("space", "overrides"):
+        for key in (tune.get(sec) or {}):
+            problem = schema.dotted_key_problem(key, RUN_SECTIONS)
+            if problem and problem.startswith("must be"):
+                problem = "parameter " + problem
+            if problem:
+                errors.append(f"tune.{sec}.{key}: {problem}")
+    return errors
+
+
+def _check_tune(tune: dict) -> list[str]:
+    errors = tune_key_problems(tune)
     space = tune.get("space") or {}
     for key, spec in space.items():
-        head = key.split(".", 1)[0]
-        if head not in RUN_SECTIONS or "." not in key:
-            errors.append(f"tune.space.{key}: parameter must be a dotted path into {'/'.join(RUN_SECTIONS)} (e.g. train.lr)")
         if spec.get("type") in ("float", "int") and spec.get("low", 0) > spec.get("high", 0):
             errors.append(f"tune.space.{key}: low > high")
         if tune.get("sampler", "grid") == "grid" and spec.get("type") != "categorical":
             errors.append(f"tune.space.{key}: the grid sampler needs categorical choices")
-    for key in (tune.get("overrides") or {}):
-        if key.split(".", 1)[0] not in RUN_SECTIONS or "." not in key:
-            errors.append(f"tune.overrides.{key}: must be a dotted path into {'/'.join(RUN_SECTIONS)}")
     return errors
 
 
@@ -458,17 +468,16 @@ def _check_model(cfg: dict, pes: dict[str, tuple[type, dict]]) -> list[str]:
     builds is checked: the model section as the final training gets it with each tuned value of
     tune.space, and as the tuning trials get it (tune.overrides too). ``pes``: name -> (class,
     registry entry)."""
-    from stripes.model import DEFAULTS
-
     errors: list[str] = []
     tune = cfg.get("tune") or {}
-    space, overrides = ({k[len("model."):]: v for k, v in (tune.get(sec) or {}).items() if k.startswith("model.")}
+    known = schema.known_keys("model")  # unknown keys are reported by _check_tune
+    space, overrides = ({k[len("model."):]: v for k, v in (tune.get(sec) or {}).items()
+                         if k.startswith("model.") and k[len("model."):] in known}
                         for sec in ("space", "overrides"))
-    for sec, keys in (("space", space), ("overrides", overrides)):
-        for key in keys:
-            if key not in DEFAULTS:
-                errors.append(f"tune.{sec}.model.{key}: unknown model key (known: {', '.join(DEFAULTS)})")
-    model = {**DEFAULTS, **(cfg.get("model") or {})}
+    try:
+        model = schema.with_defaults("model", cfg.get("model"))
+    except schema.UnknownKeyError:  # the JSON schema reports it, naming the key
+        model = {**schema.defaults("model"), **{k: v for k, v in (cfg.get("model") or {}).items() if k in known}}
 
     def values(key: str) -> dict[str, list[tuple[Any, str]]]:
         """stage -> (value, label of the key that sets it): the final training takes the tuned

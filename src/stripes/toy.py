@@ -59,7 +59,8 @@ def _pe(name: str) -> PositionalEncoding:
 @torch.no_grad()
 def pe_scores(name: str, data: ToyData, freqs: np.ndarray) -> np.ndarray:
     """(len(freqs), P): query-key scores of PE ``name`` with every frequency set to f."""
-    pe = _pe(name).double().eval()
+    # auto: the CPU kernels this figure was made with, so its numbers stay bit for bit
+    pe = _pe(name).double().eval().use_kernels("auto")
     q = torch.tensor([math.cos(data.psi[data.query]), math.sin(data.psi[data.query])], dtype=torch.float64)
     keys = torch.tensor(np.stack([np.cos(data.psi), np.sin(data.psi)], -1))
     p = len(data.psi)

@@ -8,8 +8,9 @@ Facts this follows (design.md §3, MLflow 3.17):
   ``results/mlflow/experiment.json``; every job reads the experiment id from that file (an input).
 * One ``log_batch`` per validation (about 5 ms per call on SQLite).
 * Every run is tagged pe, context, seed, stage, config_hash, git_commit and its source name is set
-  here (Snakemake runs scripts from temporary copies). Each job writes the id of its run to a file
-  of the DAG (``mlflow_run.json``); the tables never query "all runs of the experiment".
+  here (Snakemake runs scripts from temporary copies). Which runs a job starts, and the record of
+  its run (``mlflow_run.json``, a file of the DAG), belong to the job layer (:mod:`stripes.jobs`);
+  this module only holds the helpers. The tables never query "all runs of the experiment".
 * ``stripes ui`` starts a lean MLflow server (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``,
   ``--workers 1``) on 127.0.0.1 and prints ``http://127.0.0.1:PORT/#/experiments/<id>/runs``
   (the default page opens in GenAI mode). It needs full mlflow (``make ui`` installs the
@@ -21,18 +22,16 @@ mlflow is imported lazily (about 1 s), so importing this module is cheap.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from stripes.fileio import read_json, write_json
-from stripes.runconfig import config_hash, flatten
+from stripes.runconfig import config_hash
 
 PARAM_MAX = 6000  # MLflow 3 param value limit
 SOURCE_NAME = "stripes"
@@ -242,12 +241,7 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
 
-# ----------------------------------------------------------------------------- job wrappers
-
-
-def _record(path, **fields) -> dict:
-    write_json(fields, path)
-    return fields
+# ----------------------------------------------------------------------------- plots
 
 
 def plot_curves(events: list[dict], path: str | Path, title: str = "") -> None:
@@ -269,115 +263,6 @@ def plot_curves(events: list[dict], path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def run_train(config: str | Path, out_dir: str | Path, experiment: str | Path, record: str | Path,
-              record_failures: bool = True) -> dict:
-    """The train job: an MLflow run that logs live while stripes.train.train runs."""
-    cfg = read_json(config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    run = cfg["run"]
-    tracker = Tracker.from_experiment_file(experiment)
-    tags = tracker.run_tags(cfg, "train")
-    run_id = tracker.start_run(f"{run['pe']}/{run['context']}/seed{run['seed']}", tags=tags)
-    # an earlier attempt of this very job that was killed (same config hash): the resumed run replaces it
-    tracker.close_stale_runs({k: tags[k] for k in ("pe", "context", "seed", "stage", "config_hash")}, run_id)
-    base = {"run_id": run_id, "experiment_id": tracker.experiment_id, "stage": "train",
-            "pe": run["pe"], "context": run["context"], "seed": run["seed"]}
-    tracker.log_params(run_id, flatten(cfg))
-    tracker.log_artifact(run_id, config)
-    events: list[dict] = []
-
-    def callback(event: dict) -> None:
-        events.append(dict(event))
-        tracker.log_metrics(run_id, {k: v for k, v in event.items() if k != "step"}, step=int(event.get("step", len(events))))
-
-    try:
-        from stripes.train import train
-
-        summary = train(cfg, out, callback=callback) or {}
-        if events and not (out / "curves.png").exists():
-            plot_curves(events, out / "curves.png", f"{run['pe']} / {run['context']} / seed {run['seed']}")
-        for name in ("curves.png", "curves.csv", "train.json"):
-            tracker.log_artifact(run_id, out / name)
-        summary_metrics = {f"summary.{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
-        tracker.log_metrics(run_id, summary_metrics, step=int(events[-1].get("step", 0)) if events else 0)
-        tracker.end_run(run_id, "FINISHED")
-        return _record(record, **base, status="ok")
-    except Exception as exc:  # noqa: BLE001 - recorded as a failed run
-        tracker.set_tag(run_id, "error", repr(exc)[:5000])
-        tracker.end_run(run_id, "FAILED")
-        rec = _record(record, **base, status="failed", error=repr(exc), traceback=traceback.format_exc())
-        if not record_failures:
-            raise
-        print(f"train failed (recorded in {record}): {exc!r}", file=sys.stderr)
-        return rec
-
-
-def run_evaluate(config: str | Path, train_dir: str | Path, eval_dir: str | Path, train_record: str | Path,
-                 experiment: str | Path, record: str | Path, record_failures: bool = True,
-                 log_samples: bool = True) -> dict:
-    """The evaluate job: evaluates best.pt and logs the results into the training run."""
-    cfg = read_json(config)
-    out = Path(eval_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    trec = read_json(train_record)
-    tracker = Tracker.from_experiment_file(experiment)
-    run_id = trec.get("run_id")
-    base = {"run_id": run_id, "experiment_id": tracker.experiment_id, "stage": "evaluate",
-            "pe": trec.get("pe"), "context": trec.get("context"), "seed": trec.get("seed")}
-    if trec.get("status") != "ok":
-        write_json({"status": "failed", "error": f"training failed: {trec.get('error')}"}, out / "metrics.json")
-        return _record(record, **base, status="failed", error="training failed")
-    why = tracker.unusable_run(run_id) if run_id else "is missing from the record"
-    if why is None:
-        tracker.reopen_run(run_id)
-    else:  # the evaluation still gets a run of its own, tagged with the training run it could not reach
-        new_id = tracker.start_run(f"{trec.get('pe')}/{trec.get('context')}/seed{trec.get('seed')}",
-                                   tags=tracker.run_tags(cfg, "evaluate",
-                                                         extra={"stripes.missing_train_run": run_id}))
-        print(f"stripes evaluate: {train_record} points to MLflow run {run_id}, which {why}; logging this "
-              f"evaluation to a new run {new_id}", file=sys.stderr, flush=True)
-        run_id = base["run_id"] = new_id
-    try:
-        from stripes.evaluate import evaluate
-
-        metrics = evaluate(cfg, Path(train_dir) / "best.pt", out)
-        if not (out / "metrics.json").exists():
-            write_json(metrics, out / "metrics.json")
-        flat = flatten(read_json(out / "metrics.json"))
-        tracker.log_metrics(run_id, {k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        tracker.log_params(run_id, {k: v for k, v in flat.items() if k.startswith("binarization.") and isinstance(v, str)})
-        tracker.log_artifact(run_id, out / "metrics.json")
-        if log_samples and (out / "samples").is_dir():
-            tracker.log_artifact(run_id, out / "samples", "samples")
-        tracker.set_tag(run_id, "evaluated", "true")
-        tracker.end_run(run_id, "FINISHED")
-        return _record(record, **base, status="ok")
-    except Exception as exc:  # noqa: BLE001
-        tracker.set_tag(run_id, "error", repr(exc)[:5000])
-        tracker.end_run(run_id, "FAILED")
-        write_json({"status": "failed", "error": repr(exc)}, out / "metrics.json")
-        rec = _record(record, **base, status="failed", error=repr(exc), traceback=traceback.format_exc())
-        if not record_failures:
-            (out / "metrics.json").unlink(missing_ok=True)
-            raise
-        print(f"evaluate failed (recorded in {record}): {exc!r}", file=sys.stderr)
-        return rec
-
-
-def log_summary(experiment: str | Path, files: list[str | Path], record: str | Path, tags: dict | None = None) -> dict:
-    """The aggregate step's summary run: every table and figure as an artifact."""
-    tracker = Tracker.from_experiment_file(experiment)
-    t = {"stage": "aggregate", "git_commit": tracker.commit, **(tags or {})}
-    run_id = tracker.start_run("summary", tags={k: str(v) for k, v in t.items()})
-    for f in files:
-        f = Path(f)
-        sub = "figures" if f.suffix in (".png", ".pdf", ".svg") else "tables"
-        tracker.log_artifact(run_id, f, sub)
-    tracker.end_run(run_id, "FINISHED")
-    return _record(record, run_id=run_id, experiment_id=tracker.experiment_id, stage="aggregate", status="ok")
 
 
 # ----------------------------------------------------------------------------- the UI
@@ -487,54 +372,17 @@ def serve(cmd: list[str], env: dict, grace_s: float = 15.0) -> int:
     return 0 if received else rc
 
 
-def job_main(argv: list[str]) -> int:
-    """Entry points of the workflow's jobs: ``python -m stripes.tracking init|train|evaluate ...``."""
-    ap = argparse.ArgumentParser(prog="python -m stripes.tracking")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("init", help="create the SQLite DB and the experiment (before any parallel job)")
-    p.add_argument("--tracking-uri", required=True)
-    p.add_argument("--artifact-root", required=True)
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--out", required=True)
-    for name in ("train", "evaluate", "train-evaluate"):
-        p = sub.add_parser(name)
-        p.add_argument("--config", required=True, help="resolved run config (JSON)")
-        p.add_argument("--train-dir", required=True)
-        p.add_argument("--experiment", required=True, help="experiment.json of the mlflow_init rule")
-        p.add_argument("--record", required=True, help="where to write the run record (mlflow_run.json)")
-        p.add_argument("--record-failures", action="store_true")
-        if name == "evaluate":
-            p.add_argument("--train-record", required=True)
-        if name in ("evaluate", "train-evaluate"):
-            p.add_argument("--eval-dir", required=True)
-            p.add_argument("--log-samples", action="store_true")
-        if name == "train-evaluate":
-            p.add_argument("--eval-record", required=True)
-    args = ap.parse_args(argv)
-    if args.cmd == "init":
-        print(json.dumps(init_tracking(args.tracking_uri, args.artifact_root, args.experiment, args.out)))
-        return 0
-    try:
-        if args.cmd == "train":
-            rec = run_train(args.config, args.train_dir, args.experiment, args.record, args.record_failures)
-        elif args.cmd == "train-evaluate":  # one process: saves the imports of a second job
-            run_train(args.config, args.train_dir, args.experiment, args.record, args.record_failures)
-            rec = run_evaluate(args.config, args.train_dir, args.eval_dir, args.record, args.experiment,
-                               args.eval_record, args.record_failures, args.log_samples)
-        else:
-            rec = run_evaluate(args.config, args.train_dir, args.eval_dir, args.train_record, args.experiment,
-                               args.record, args.record_failures, args.log_samples)
-    except TrackingStoreError as err:  # not a failure of the run: never written as a failure record
-        print(f"stripes {args.cmd}: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in rec.items() if k != "traceback"}))
-    return 0
+def init_main(argv: list[str]) -> int:
+    """``python -m stripes.tracking init ...``: the mlflow_init step (also ``stripes job init``)."""
+    from stripes.jobs import main as job_main
+
+    return job_main(["init", *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] and argv[0] in ("init", "train", "evaluate", "train-evaluate"):
-        return job_main(argv)
+    if argv[:1] == ["init"]:
+        return init_main(argv[1:])
     ap = argparse.ArgumentParser(prog="stripes ui", description="Start the MLflow UI on the study's tracking DB.")
     ap.add_argument("--experiment-file", default="results/mlflow/experiment.json",
                     help="written by the mlflow_init rule (default: %(default)s)")

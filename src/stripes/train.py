@@ -1,7 +1,10 @@
 """Training of one harmonizer from a resolved run config (paper-spec §4, A12, A14, A15).
 
 ``stripes train --config run.json --out DIR [--device cpu|cuda|auto] [--resume/--no-resume]``
-or ``train(cfg, out_dir, callback=None)``.
+or ``train(cfg, out_dir, callback=None)``. :func:`train` is the loop; around it :class:`RunPlan`
+(identity and data order), :class:`TrainState` (what ``last.pt`` holds), :func:`train_step` (one
+update), :class:`Throughput` (frames per second), :func:`save_checkpoint` and
+:func:`restore_or_start_over`.
 
 What it does, step by step (a *step* is one optimiser update, counted from 0):
 
@@ -43,36 +46,19 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from stripes import device as devmod
+from stripes.fileio import atomic_torch_save, atomic_write_text
 
-#: defaults of the ``train:`` section (config/config.yaml documents each key).
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 5e-4,
-    "batch_size": 8,
-    "epochs": 15,
-    "warmup_epochs": 3,
-    "curriculum_epochs": 3,
-    "curriculum_min_frames": 16,
-    "step_gamma": 0.85,
-    "grad_clip": 0.0005,
-    "val_per_epoch": 20,
-    "val_batch_size": 8,
-    "device": "auto",
-    "bf16": False,
-    "deterministic": True,
-    "max_train_windows": None,
-    "max_val_windows": None,
-    "num_threads": 0,
-    "num_workers": 0,
-    "progress": True,
-}
+# the train section's defaults live in the config schema (stripes.schema.defaults("train"))
 
 #: train keys that do not change results (left out of the resume fingerprint)
 _RUNTIME_KEYS = {"device", "progress", "num_threads", "num_workers"}
@@ -88,12 +74,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def train_config(cfg: dict) -> dict[str, Any]:
-    """The ``train`` section merged over :data:`TRAIN_DEFAULTS` (unknown keys are an error)."""
-    section = dict(cfg.get("train") or {})
-    unknown = set(section) - set(TRAIN_DEFAULTS)
-    if unknown:
-        raise KeyError(f"unknown train keys: {', '.join(sorted(unknown))}")
-    return {**TRAIN_DEFAULTS, **section}
+    """The ``train`` section merged over the schema's defaults; an unknown key raises
+    ``stripes.schema.UnknownKeyError`` (a KeyError) naming it and the known keys."""
+    from stripes.schema import with_defaults
+
+    return with_defaults("train", cfg.get("train"))
 
 
 def run_name(cfg: dict) -> str:
@@ -114,16 +99,6 @@ def fingerprint(cfg: dict) -> str:
         "data": {"bars": train_bars(cfg), "window_overlap": data.get("window_overlap")},
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def load_config(path: str | os.PathLike) -> dict:
-    """Read a resolved run config (JSON; YAML accepted for hand-written configs)."""
-    text = Path(path).read_text()
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml
-
-        return yaml.safe_load(text)
-    return json.loads(text)
 
 
 # ---------------------------------------------------------------------------- data and model
@@ -177,23 +152,24 @@ def make_model(cfg: dict) -> torch.nn.Module:
 class LRFactor:
     """Multiplier of the peak lr at (0-based) step s: linear warm-up, then StepLR from the peak.
 
-    ``(s + 1) / S_w`` for ``s < S_w``, else ``gamma ** (s // spe - E_w)`` with ``E_w = (S_w - 1) // spe``
-    (0 when ``S_w == 0``). In the [S24] code the per-step warm-up sets the lr outright, discarding the
-    StepLR decays of the epochs it spans; once done it leaves the lr alone, and every later epoch end
-    multiplies it by gamma, the first being the end of the epoch holding the last warm-up step.
+    ``(s + 1) / S_w`` for ``s < S_w``, else ``gamma ** (s // steps_per_epoch - E_w)`` with
+    ``E_w = (S_w - 1) // steps_per_epoch`` (0 when ``S_w == 0``). In the [S24] code the per-step
+    warm-up sets the lr outright, discarding the StepLR decays of the epochs it spans; once done it
+    leaves the lr alone, and every later epoch end multiplies it by gamma, the first being the end
+    of the epoch holding the last warm-up step.
     """
 
     def __init__(self, steps_per_epoch: int, warmup_epochs: float, gamma: float):
         # only these three primitives live in __dict__: LambdaLR saves and restores it in last.pt
-        self.spe = max(1, int(steps_per_epoch))
-        self.warmup_steps = int(round(warmup_epochs * self.spe))
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.warmup_steps = round(warmup_epochs * self.steps_per_epoch)
         self.gamma = float(gamma)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        peak_epoch = max(0, self.warmup_steps - 1) // self.spe
-        return self.gamma ** (step // self.spe - peak_epoch)
+        peak_epoch = max(0, self.warmup_steps - 1) // self.steps_per_epoch
+        return self.gamma ** (step // self.steps_per_epoch - peak_epoch)
 
 
 def curriculum_length(step: int, window: int, curriculum_steps: int, min_frames: int) -> int:
@@ -237,25 +213,6 @@ def _loader(ds, batches: _Batches, num_workers: int, seed: int) -> torch.utils.d
 
 
 # ---------------------------------------------------------------------------- checkpoints
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -355,6 +312,169 @@ def _all_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+# ---------------------------------------------------------------------------- run state
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What fixes a run's sequence of steps besides the config: its identity and its data order."""
+
+    name: str
+    fingerprint: str
+    seed: int
+    n_windows: int
+    batch_size: int
+    epochs: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_windows / self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def data_order(self, step: int) -> dict:
+        """Where step ``step`` reads: batch ``batch`` of the order epoch_permutation(seed, epoch, n_windows)."""
+        epoch, batch = divmod(step, self.steps_per_epoch)
+        return {"seed": self.seed, "epoch": epoch, "batch": batch, "steps_per_epoch": self.steps_per_epoch,
+                "n_windows": self.n_windows, "batch_size": self.batch_size}
+
+    def epoch_loader(self, ds, epoch: int, first_batch: int, num_workers: int) -> torch.utils.data.DataLoader:
+        order = epoch_permutation(self.seed, epoch, self.n_windows)
+        return _loader(ds, _Batches(order, self.batch_size, start=first_batch), num_workers, self.seed * 1009 + epoch)
+
+
+class Throughput:
+    """Training frames per second (batch x frames of each update over its time; validation and
+    checkpoints left out): since the last validation (curves, progress bar) and over the whole run,
+    earlier processes of a resumed run included (train.json)."""
+
+    def __init__(self, frames: int = 0, seconds: float = 0.0):
+        self.frames, self.seconds = frames, seconds
+        self.window_frames, self.window_seconds = 0, 0.0
+
+    def add(self, frames: int, seconds: float) -> None:
+        self.window_frames += frames
+        self.window_seconds += seconds
+        self.frames += frames
+        self.seconds += seconds
+
+    def window_fps(self) -> float:
+        return self.window_frames / max(self.window_seconds, 1e-9)
+
+    def total_fps(self) -> float:
+        return self.frames / max(self.seconds, 1e-9)
+
+    def new_window(self) -> None:
+        self.window_frames, self.window_seconds = 0, 0.0
+
+
+@dataclass
+class TrainState:
+    """Everything a run continues from; ``last.pt`` holds :meth:`state_dict` (with RunPlan's data order)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generators: dict[str, torch.Generator]  # RNGs owned by model modules (devmod.module_generators)
+    step: int = 0  # optimiser updates done
+    best_val_loss: float = math.inf
+    best_step: int = -1
+    history: list[dict] = field(default_factory=list)  # one curves.csv row per validation
+    throughput: Throughput = field(default_factory=Throughput)
+    wall_s_before: float = 0.0  # wall time of the earlier processes of a resumed run
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def wall_s(self) -> float:
+        return self.wall_s_before + time.perf_counter() - self.started
+
+    def record(self, row: dict) -> bool:
+        """Append a validation row to the history; True when its loss is the best so far."""
+        self.history.append(row)
+        improved = row["val_loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_step = row["val_loss"], row["step"]
+        return improved
+
+    def state_dict(self) -> dict:
+        return {
+            "model": _model_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": devmod.rng_state(),
+            "generators": {k: g.get_state() for k, g in self.generators.items()},
+            "step": self.step,
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "history": self.history,
+            "wall_s": self.wall_s(),
+            "train_frames": self.throughput.frames,
+            "train_time_s": self.throughput.seconds,
+        }
+
+    def load_state_dict(self, ck: dict) -> None:
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(_upgrade_scheduler_state(ck["scheduler"]))
+        devmod.set_rng_state(ck["rng"])
+        for key, state in ck.get("generators", {}).items():
+            if key in self.generators:
+                self.generators[key].set_state(state)
+        self.step, self.best_val_loss, self.best_step = int(ck["step"]), float(ck["best_val_loss"]), int(ck["best_step"])
+        self.history = list(ck["history"])
+        self.throughput = Throughput(int(ck["train_frames"]), float(ck["train_time_s"]))
+        self.wall_s_before, self.started = float(ck["wall_s"]), time.perf_counter()
+
+
+def _upgrade_scheduler_state(state: dict) -> dict:
+    # LambdaLR saves and restores LRFactor.__dict__, and last.pt files written before the rename
+    # call its steps_per_epoch "spe"
+    lambdas = [{("steps_per_epoch" if k == "spe" else k): v for k, v in lam.items()} if isinstance(lam, dict) else lam
+               for lam in state["lr_lambdas"]]
+    return {**state, "lr_lambdas": lambdas}
+
+
+def new_train_state(cfg: dict, tc: dict, dev: torch.device, steps_per_epoch: int) -> TrainState:
+    """Step 0: a fresh model in train mode, Adam at the peak lr, the :class:`LRFactor` schedule."""
+    model = make_model(cfg).to(dev)
+    model.train()
+    generators = devmod.module_generators(model)
+    opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]))
+    factor = LRFactor(steps_per_epoch, float(tc["warmup_epochs"]), float(tc["step_gamma"]))
+    return TrainState(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, factor), generators)
+
+
+def restore_or_start_over(out: Path, state: TrainState, plan: RunPlan, resume: bool) -> None:
+    """Load ``out/last.pt`` into ``state`` when the run can continue from it, else delete the run files."""
+    ck = None
+    if resume:
+        ck = resumable_checkpoint(out, plan.name, plan.fingerprint, plan.n_windows, plan.steps_per_epoch, state.model)
+    if ck is not None:
+        state.load_state_dict(ck)
+        return
+    for f in RUN_FILES:  # --no-resume, or what is left beside a checkpoint set aside as corrupt
+        (out / f).unlink(missing_ok=True)
+
+
+def save_checkpoint(out: Path, state: TrainState, plan: RunPlan, improved: bool) -> None:
+    """After a validation: ``best.pt`` (weights) when it improved, then ``last.pt``, then curves.csv.
+
+    Raises NonFiniteLossError, writing nothing, when a weight is not finite."""
+    if not _all_finite(state.model):
+        raise NonFiniteLossError(f"run {plan.name}: non-finite weights at step {state.step}; no checkpoint written")
+    meta = {"step": state.step, "epoch": (state.step - 1) // plan.steps_per_epoch,
+            "fingerprint": plan.fingerprint, "run": plan.name}
+    if improved:
+        atomic_torch_save({**meta, "model": _model_state(state.model), "val_loss": state.best_val_loss}, out / "best.pt")
+    atomic_torch_save({**meta, **state.state_dict(), "data_order": plan.data_order(state.step)}, out / "last.pt")
+    write_curves(out, state.history)
+
+
 # ---------------------------------------------------------------------------- curves
 
 
@@ -428,6 +548,50 @@ def validate(model, ds, dev, batch_size: int, bf16: bool = False, num_workers: i
     return total / max(cells, 1)
 
 
+def train_step(state: TrainState, batch: dict, length: int, dev: torch.device, *, bf16: bool, grad_clip: float,
+               run: str, epoch: int) -> tuple[float, float, int]:
+    """One optimiser update on the first ``length`` frames of a batch of windows.
+
+    ``batch["x"]`` (B, W, 256) melody+bridge roll, ``batch["y"]`` (B, W, 128) piano roll (the target),
+    ``batch["pos"]`` (B, W, context dim) positions. Returns (loss, lr of this update, frames B * length).
+    Raises NonFiniteLossError, before updating anything, on a non-finite loss or gradient norm.
+    """
+    x, y, pos = (batch[k][:, :length].to(dev, non_blocking=True) for k in ("x", "y", "pos"))
+    lr = state.lr
+    with _autocast(dev, bf16):
+        logits = state.model(x, pos)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+    loss_val = float(loss.detach())
+    if not math.isfinite(loss_val):
+        raise NonFiniteLossError(
+            f"run {run}: training loss is {loss_val} at step {state.step} (epoch {epoch}, lr {lr:.3g}); "
+            f"stopped without writing a checkpoint for this step"
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        gn = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip))
+        if not math.isfinite(gn):
+            raise NonFiniteLossError(
+                f"run {run}: gradient norm is {gn} at step {state.step} (epoch {epoch}); "
+                f"stopped without writing a checkpoint for this step"
+            )
+    state.optimizer.step()
+    state.scheduler.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)  # so that the caller's clock measures the update, not its launch
+    state.step += 1
+    return loss_val, lr, int(x.shape[0] * x.shape[1])
+
+
+def _setup_device(name: str, tc: dict, seed: int) -> torch.device:
+    devmod.set_num_threads(tc["num_threads"])
+    dev = devmod.select_device(name)
+    devmod.set_deterministic(bool(tc["deterministic"]), dev)
+    devmod.seed_everything(seed)
+    return dev
+
+
 def train(
     cfg: dict,
     out_dir: str | os.PathLike,
@@ -456,191 +620,89 @@ def train(
     tc = train_config(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = run_name(cfg)
-    seed = int((cfg.get("run") or {}).get("seed", 0))
-    fp = fingerprint(cfg)
+    name, seed = run_name(cfg), int((cfg.get("run") or {}).get("seed", 0))
+    dev = _setup_device(device or tc["device"], tc, seed)
 
-    devmod.set_num_threads(tc["num_threads"])
-    dev = devmod.select_device(device or tc["device"])
-    if dev.type == "cpu":
-        devmod.keep_freed_memory()
-    devmod.set_deterministic(bool(tc["deterministic"]), dev)
-    devmod.seed_everything(seed)
-
-    bars = train_bars(cfg)
-    train_ds = make_dataset(cfg, "train", bars, tc["max_train_windows"])
-    val_ds = make_dataset(cfg, "val", bars, tc["max_val_windows"])
+    train_ds = make_dataset(cfg, "train", train_bars(cfg), tc["max_train_windows"])
+    val_ds = make_dataset(cfg, "val", train_bars(cfg), tc["max_val_windows"])
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"run {name}: empty dataset (train {len(train_ds)}, val {len(val_ds)} windows)")
     window = int(train_ds[0]["x"].shape[0])
+    plan = RunPlan(name, fingerprint(cfg), seed, len(train_ds), int(tc["batch_size"]), int(tc["epochs"]))
+    state = new_train_state(cfg, tc, dev, plan.steps_per_epoch)
+    restore_or_start_over(out, state, plan, resume)
 
-    model = make_model(cfg).to(dev)
-    model.train()
-    gens = devmod.module_generators(model)
-    opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]))
-    bs = int(tc["batch_size"])
-    n = len(train_ds)
-    spe = math.ceil(n / bs)
-    total_steps = int(tc["epochs"]) * spe
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, LRFactor(spe, float(tc["warmup_epochs"]), float(tc["step_gamma"])))
-    s_curr = int(round(float(tc["curriculum_epochs"]) * spe))
-    val_points = set(validation_points(spe, int(tc["val_per_epoch"])))
-
-    step, best_val, best_step, history, elapsed_prev, frames_prev, time_prev = 0, math.inf, -1, [], 0.0, 0, 0.0
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    ck = resumable_checkpoint(out, name, fp, n, spe, model) if resume else None
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        devmod.set_rng_state(ck["rng"])
-        for key, state in ck.get("generators", {}).items():
-            if key in gens:
-                gens[key].set_state(state)
-        step, best_val, best_step = int(ck["step"]), float(ck["best_val_loss"]), int(ck["best_step"])
-        history = list(ck["history"])
-        elapsed_prev, frames_prev, time_prev = float(ck["wall_s"]), int(ck["train_frames"]), float(ck["train_time_s"])
-    else:
-        for f in RUN_FILES:  # --no-resume, or what is left beside a checkpoint set aside as corrupt
-            (out / f).unlink(missing_ok=True)
-
+    curriculum_steps = round(float(tc["curriculum_epochs"]) * plan.steps_per_epoch)
+    val_points = set(validation_points(plan.steps_per_epoch, int(tc["val_per_epoch"])))
+    step_options = {"bf16": tc["bf16"], "grad_clip": float(tc["grad_clip"] or 0), "run": name}
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=step, desc=name, unit="step", disable=not tc["progress"],
+    bar = tqdm(total=plan.total_steps, initial=state.step, desc=name, unit="step", disable=not tc["progress"],
                dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
-    loss_sum, loss_n = 0.0, 0
-    win_frames, win_time = 0, 0.0
-    train_frames, train_time = frames_prev, time_prev
-    ckpt_elapsed = elapsed_prev
-    segment_start = time.perf_counter()
-
-    def checkpoint(improved: bool) -> None:
-        if not _all_finite(model):
-            raise NonFiniteLossError(f"run {name}: non-finite weights at step {step}; no checkpoint written")
-        meta = {"step": step, "epoch": (step - 1) // spe, "fingerprint": fp, "run": name}
-        if improved:
-            atomic_torch_save({**meta, "model": _model_state(model), "val_loss": best_val}, best_path)
-        atomic_torch_save(
-            {
-                **meta,
-                "model": _model_state(model),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": devmod.rng_state(),
-                "generators": {k: g.get_state() for k, g in gens.items()},
-                # the order of epoch e is epoch_permutation(seed, e, n_windows); resume at batch b
-                "data_order": {"seed": seed, "epoch": step // spe, "batch": step % spe,
-                               "steps_per_epoch": spe, "n_windows": n, "batch_size": bs},
-                "best_val_loss": best_val,
-                "best_step": best_step,
-                "history": history,
-                "wall_s": ckpt_elapsed + time.perf_counter() - segment_start,
-                "train_frames": train_frames,
-                "train_time_s": train_time,
-            },
-            last_path,
-        )
-        write_curves(out, history)
-
+    losses: list[float] = []  # of the steps since the last validation
     try:
-        while step < total_steps:
-            epoch, k0 = divmod(step, spe)
-            order = epoch_permutation(seed, epoch, n)
-            loader = _loader(train_ds, _Batches(order, bs, start=k0), int(tc["num_workers"]), seed * 1009 + epoch)
-            for batch in loader:
+        while state.step < plan.total_steps:
+            epoch, first_batch = divmod(state.step, plan.steps_per_epoch)
+            for batch in plan.epoch_loader(train_ds, epoch, first_batch, int(tc["num_workers"])):
                 t0 = time.perf_counter()
-                length = curriculum_length(step, window, s_curr, int(tc["curriculum_min_frames"]))
-                x = batch["x"][:, :length].to(dev, non_blocking=True)
-                y = batch["y"][:, :length].to(dev, non_blocking=True)
-                pos = batch["pos"][:, :length].to(dev, non_blocking=True)
-                lr_now = opt.param_groups[0]["lr"]
-                with _autocast(dev, tc["bf16"]):
-                    logits = model(x, pos)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-                loss_val = float(loss.detach())
-                if not math.isfinite(loss_val):
-                    raise NonFiniteLossError(
-                        f"run {name}: training loss is {loss_val} at step {step} (epoch {epoch}, lr {lr_now:.3g}); "
-                        f"stopped without writing a checkpoint for this step"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc["grad_clip"] and float(tc["grad_clip"]) > 0:
-                    gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc["grad_clip"])))
-                    if not math.isfinite(gn):
-                        raise NonFiniteLossError(
-                            f"run {name}: gradient norm is {gn} at step {step} (epoch {epoch}); "
-                            f"stopped without writing a checkpoint for this step"
-                        )
-                opt.step()
-                sched.step()
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                dt = time.perf_counter() - t0
-                step += 1
-                frames = int(x.shape[0] * x.shape[1])
-                loss_sum += loss_val
-                loss_n += 1
-                win_frames += frames
-                win_time += dt
-                train_frames += frames
-                train_time += dt
-                fps = win_frames / max(win_time, 1e-9)
+                length = curriculum_length(state.step, window, curriculum_steps, int(tc["curriculum_min_frames"]))
+                loss, lr, frames = train_step(state, batch, length, dev, epoch=epoch, **step_options)
+                state.throughput.add(frames, time.perf_counter() - t0)
+                losses.append(loss)
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss_val:.4f}", fps=f"{fps:.0f}", refresh=False)
-
-                if (step - epoch * spe) in val_points:
-                    val_loss = validate(model, val_ds, dev, int(tc["val_batch_size"]), tc["bf16"], int(tc["num_workers"]))
-                    if not math.isfinite(val_loss):
-                        raise NonFiniteLossError(
-                            f"run {name}: validation loss is {val_loss} at step {step} (epoch {epoch}); "
-                            f"stopped without writing a checkpoint"
-                        )
-                    row = {
-                        "step": step,
-                        "epoch": epoch,
-                        "train_loss": loss_sum / max(loss_n, 1),
-                        "val_loss": val_loss,
-                        "lr": lr_now,
-                        "frames_per_s": fps,
-                    }
-                    history.append(row)
-                    improved = val_loss < best_val
-                    if improved:
-                        best_val, best_step = val_loss, step
-                    checkpoint(improved)
-                    loss_sum, loss_n, win_frames, win_time = 0.0, 0, 0, 0.0
-                    bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}", val=f"{val_loss:.4f}",
-                                    fps=f"{fps:.0f}")
-                    if callback is not None:
-                        callback({**row, "best_val_loss": best_val})
+                bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", fps=f"{state.throughput.window_fps():.0f}",
+                                refresh=False)
+                if state.step - epoch * plan.steps_per_epoch not in val_points:
+                    continue
+                val_loss = validate(state.model, val_ds, dev, int(tc["val_batch_size"]), tc["bf16"],
+                                    int(tc["num_workers"]))
+                if not math.isfinite(val_loss):
+                    raise NonFiniteLossError(f"run {name}: validation loss is {val_loss} at step {state.step} "
+                                             f"(epoch {epoch}); stopped without writing a checkpoint")
+                row = {"step": state.step, "epoch": epoch, "train_loss": sum(losses) / len(losses),
+                       "val_loss": val_loss, "lr": lr, "frames_per_s": state.throughput.window_fps()}
+                save_checkpoint(out, state, plan, improved=state.record(row))
+                losses.clear()
+                state.throughput.new_window()
+                bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}", val=f"{val_loss:.4f}",
+                                fps=f"{row['frames_per_s']:.0f}")
+                if callback is not None:
+                    callback({**row, "best_val_loss": state.best_val_loss})
     finally:
         bar.close()
 
-    plot_curves(out, history, title=name)
-    summary = {
-        "run": name,
-        "best_val_loss": best_val,
-        "best_step": best_step,
-        "steps": step,
-        "epochs": int(tc["epochs"]),
-        "steps_per_epoch": spe,
-        "train_windows": n,
-        "val_windows": len(val_ds),
-        "window_frames": window,
-        "final_train_loss": history[-1]["train_loss"] if history else None,
-        "final_val_loss": history[-1]["val_loss"] if history else None,
-        "last_val_loss": history[-1]["val_loss"] if history else None,
-        "wall_s": ckpt_elapsed + time.perf_counter() - segment_start if step else time.perf_counter() - t_start,
-        "frames_per_s": train_frames / max(train_time, 1e-9),
-        "device": devmod.describe(dev),
-        "bf16": bool(tc["bf16"]),
-        "n_parameters": int(sum(p.numel() for p in model.parameters())),
-        "fingerprint": fp,
-        "finished": True,
-    }
+    plot_curves(out, state.history, title=name)
+    wall_s = state.wall_s() if state.step else time.perf_counter() - t_start
+    summary = _summary(state, plan, tc, dev, window, len(val_ds), wall_s)
     atomic_write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _summary(state: TrainState, plan: RunPlan, tc: dict, dev: torch.device, window: int, val_windows: int,
+             wall_s: float) -> dict:
+    """train.json."""
+    last = state.history[-1] if state.history else {}
+    return {
+        "run": plan.name,
+        "best_val_loss": state.best_val_loss,
+        "best_step": state.best_step,
+        "steps": state.step,
+        "epochs": plan.epochs,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "train_windows": plan.n_windows,
+        "val_windows": val_windows,
+        "window_frames": window,
+        "final_train_loss": last.get("train_loss"),
+        "final_val_loss": last.get("val_loss"),
+        "last_val_loss": last.get("val_loss"),
+        "wall_s": wall_s,
+        "frames_per_s": state.throughput.total_fps(),
+        "device": devmod.describe(dev),
+        "bf16": bool(tc["bf16"]),
+        "n_parameters": int(sum(p.numel() for p in state.model.parameters())),
+        "fingerprint": plan.fingerprint,
+        "finished": True,
+    }
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -654,7 +716,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from OUT/last.pt when present (default: yes)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config)
+    from stripes.runconfig import load_run_config
+
+    cfg = load_run_config(args.config)
     try:
         summary = train(cfg, args.out, device=args.device, resume=args.resume)
     except NonFiniteLossError as err:

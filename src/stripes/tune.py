@@ -1,6 +1,6 @@
 """Optuna tuning: one study per (PE, context), trials serial, sampler seeded from a stable hash.
 
-``stripes tune --config run.json --pe P --context C --out DIR [--spec tune.json] [--experiment E]``
+``stripes tune --config run.json --pe P --context C --out DIR [--spec tune.json]``
 
 * Storage: ``JournalStorage(JournalFileBackend(...))`` (design.md §3: no schema race, readable by
   optuna-dashboard). The study is written to a working journal ``DIR/work/study.journal`` that
@@ -42,10 +42,13 @@
   first failed trial's error (recorded as its ``error`` user attribute; the traceback is in the
   job log), so a broken config (e.g. ``model.n_heads`` not dividing ``d_model``) reads as failed
   trials, not as pruning.
-* MLflow (optional, ``--experiment``): one parent run per study, one child run per trial. The parent's
-  id is kept in ``DIR/work/mlflow_parent.json`` so that a resumed study logs into the same run; a
-  pointer whose run is gone (``results/mlflow`` deleted and recreated, the run or its experiment
-  deleted) starts a new parent run, with one line on stderr.
+* No tracking here: the study reports through :class:`StudyCallbacks`. The workflow's job
+  (``stripes job tune``, :mod:`stripes.jobs`) turns them into one MLflow parent run per study and
+  one child run per trial, and writes the run record.
+* Only Optuna's public API is used (``Study.tell`` for the trials of a killed job,
+  ``enqueue_trial`` plus the sampler's ``sample_independent`` for failed grid points); the one
+  private-looking name read is the ``fixed_params`` system attribute that ``enqueue_trial``
+  documents by behaviour only (no public accessor exists for a WAITING trial's parameters).
 """
 
 from __future__ import annotations
@@ -67,15 +70,8 @@ from stripes.runconfig import config_hash, set_dotted, stable_seed
 from stripes.storage import (export_study_journal, journal_storage, open_optuna_storage, optuna_storage_settings,
                              study_name)
 
-DEFAULT_SPEC: dict[str, Any] = {
-    "sampler": "grid",
-    "n_trials": None,
-    "seed": 0,
-    "objective": "val_selected",
-    "space": {"train.lr": {"type": "categorical", "choices": [1e-4, 5e-4, 1e-3]}},
-    "pruner": {"type": "none"},
-    "overrides": {},
-}
+# the tune section's defaults (sampler, space, pruner, ...) live in the config schema:
+# stripes.schema.defaults("tune")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 #: copy of the last successful best.json in DIR/work/ (see the module docstring)
 LAST_GOOD = "best.json"
@@ -102,10 +98,18 @@ def direction(spec: dict, base_cfg: dict) -> str:
 
 
 def full_spec(spec: dict | None) -> dict:
-    out = copy.deepcopy(DEFAULT_SPEC)
-    for k, v in (spec or {}).items():
-        if v is not None or k == "n_trials":
-            out[k] = copy.deepcopy(v)
+    """The ``tune`` section merged over the schema's defaults (``pruner`` key by key; a given
+    ``space`` replaces the default grid). Raises ``stripes.schema.ConfigError`` before any trial
+    when a key of ``space`` or ``overrides`` names no key of the run config: a trial would
+    otherwise fail on it, every trial alike."""
+    from stripes import schema
+    from stripes.study import tune_key_problems
+
+    given = {k: v for k, v in (spec or {}).items() if v is not None or k == "n_trials"}
+    out = schema.with_defaults("tune", given, where="tune keys")
+    problems = tune_key_problems(out)
+    if problems:
+        raise schema.ConfigError("invalid tuning spec:\n" + "\n".join(f"  {p}" for p in problems))
     return out
 
 
@@ -137,12 +141,14 @@ def make_sampler(spec: dict, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(spec: dict) -> optuna.pruners.BasePruner:
-    p = spec.get("pruner") or {}
-    if p.get("type", "none") == "median":
+    from stripes import schema
+
+    p = schema.with_defaults("tune.pruner", spec.get("pruner"), where="tune.pruner keys")
+    if p["type"] == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=int(p.get("n_startup_trials", 5)),
-            n_warmup_steps=int(p.get("n_warmup_steps", 0)),
-            interval_steps=int(p.get("interval_steps", 1)),
+            n_startup_trials=int(p["n_startup_trials"]),
+            n_warmup_steps=int(p["n_warmup_steps"]),
+            interval_steps=int(p["interval_steps"]),
         )
     return optuna.pruners.NopPruner()
 
@@ -173,12 +179,44 @@ def trial_config(base_cfg: dict, spec: dict, params: dict, trial_number: int) ->
     return cfg
 
 
+# ----------------------------------------------------------------------------- callbacks
+
+
+class StudyCallbacks:
+    """What a study reports while it runs; every method does nothing here.
+
+    The study itself stays free of tracking: the job layer (stripes.jobs) subclasses this to keep
+    the MLflow parent and child runs, so run_study can run without MLflow (tests, a notebook).
+    Trial methods are called by :func:`train_objective` only (a custom objective reports nothing).
+    """
+
+    def study_started(self, info: dict) -> None:
+        """``info``: pe, context, fingerprint, base_cfg, spec, sampler_seed, n_trials."""
+
+    def trial_started(self, number: int, cfg: dict, params: dict) -> None:
+        pass
+
+    def trial_log(self, number: int, metrics: dict | None = None, params: dict | None = None,
+                  step: int = 0) -> None:
+        pass
+
+    def trial_finished(self, number: int, state: str) -> None:
+        """``state``: COMPLETE, PRUNED or FAIL (the Optuna state the trial will end in)."""
+
+    def study_finished(self, result: dict, out_dir: Path) -> None:
+        pass
+
+    def study_failed(self, out_dir: Path) -> None:
+        pass
+
+
 # ----------------------------------------------------------------------------- the objective
 
 
-def train_objective(base_cfg: dict, spec: dict, out_dir: Path, tracker=None, parent_run_id: str | None = None,
+def train_objective(base_cfg: dict, spec: dict, out_dir: Path, callbacks: StudyCallbacks | None = None,
                     keep_checkpoints: bool = False) -> Callable[[optuna.Trial], float]:
     """Objective that trains one model per trial with stripes.train.train."""
+    cb = callbacks or StudyCallbacks()
 
     def objective(trial: optuna.Trial) -> float:
         from stripes.train import train  # imported lazily: torch only in jobs that train
@@ -188,14 +226,7 @@ def train_objective(base_cfg: dict, spec: dict, out_dir: Path, tracker=None, par
         trial_dir = out_dir / "work" / "trials" / f"trial{trial.number:03d}"
         if trial_dir.exists():
             shutil.rmtree(trial_dir)
-        run_id = None
-        if tracker is not None:
-            run_id = tracker.start_run(
-                f"{cfg['run']['pe']}/{cfg['run']['context']}/trial{trial.number}",
-                tags=tracker.run_tags(cfg, stage="tune", extra={"trial": trial.number}),
-                parent_run_id=parent_run_id,
-            )
-            tracker.log_params(run_id, {**params, "trial": trial.number})
+        cb.trial_started(trial.number, cfg, params)
         losses: list[float] = []
         sign = -1.0 if direction(spec, base_cfg) == "maximize" else 1.0
 
@@ -203,14 +234,13 @@ def train_objective(base_cfg: dict, spec: dict, out_dir: Path, tracker=None, par
             val = float(event["val_loss"])
             losses.append(val)
             step = len(losses) - 1
-            if tracker is not None:
-                tracker.log_metrics(run_id, {k: event[k] for k in ("val_loss", "train_loss", "lr") if k in event},
-                                    step=int(event.get("step", step)))
+            cb.trial_log(trial.number, {k: event[k] for k in ("val_loss", "train_loss", "lr") if k in event},
+                         step=int(event.get("step", step)))
             trial.report(sign * val, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at validation {step} (val_loss={val:.4f})")
 
-        status = "FAILED"
+        state = "FAIL"
         try:
             summary = train(cfg, trial_dir, callback=callback) or {}
             if spec["objective"] == "val_selected":
@@ -220,26 +250,22 @@ def train_objective(base_cfg: dict, spec: dict, out_dir: Path, tracker=None, par
                 binarization.pop("per_metric", None)
                 trial.set_user_attr("binarization", binarization)
                 value = binarization[selected_score(binarization["rule"])[0]]
-                if tracker is not None:
-                    tracker.log_params(run_id, {f"binarization.{k}": binarization[k]
-                                                for k in ("rule", "strategy", "threshold", "gap")})
-                    tracker.log_metrics(run_id, {f"binarization.{k}": v for k, v in binarization.items()
-                                                 if k.startswith("val_") and isinstance(v, float)})
+                cb.trial_log(trial.number,
+                             metrics={f"binarization.{k}": v for k, v in binarization.items()
+                                      if k.startswith("val_") and isinstance(v, float)},
+                             params={f"binarization.{k}": binarization[k] for k in ("rule", "strategy", "threshold", "gap")})
             else:
                 value = objective_value(spec, losses, summary)
             if not math.isfinite(float(value)):
                 raise ValueError(f"trial {trial.number}: objective {spec['objective']} is {value}")
-            status = "FINISHED"
-            if tracker is not None:
-                tracker.log_metrics(run_id, {"objective": value})
+            state = "COMPLETE"
+            cb.trial_log(trial.number, {"objective": value})
             return float(value)
         except optuna.TrialPruned:
-            status = "KILLED"
+            state = "PRUNED"
             raise
         finally:
-            if tracker is not None:
-                tracker.set_tag(run_id, "optuna.state", {"FINISHED": "COMPLETE", "KILLED": "PRUNED"}.get(status, "FAIL"))
-                tracker.end_run(run_id, status)
+            cb.trial_finished(trial.number, state)
             if not keep_checkpoints:
                 for ckpt in trial_dir.glob("*.pt"):
                     ckpt.unlink()
@@ -260,11 +286,8 @@ def objective_value(spec: dict, losses: list[float], summary: dict) -> float:
 # ----------------------------------------------------------------------------- the study
 
 
-def open_study(work_journal: Path, pe: str, context: str, spec: dict, fingerprint: str,
-               storage_settings: dict | None = None, study_direction: str = "minimize") -> optuna.Study:
-    """Open (or resume) the study. ``storage_settings``: ``tune.storage`` (stripes.storage); the
-    default is the journal file ``work_journal``; an RDB names the study with its fingerprint."""
-    settings = optuna_storage_settings(storage_settings)
+def _open_storage(work_journal: Path, pe: str, context: str, fingerprint: str, settings: dict):
+    """The study's storage; a working journal of another config is moved aside first."""
     work_journal.parent.mkdir(parents=True, exist_ok=True)
     name = study_name(pe, context, settings, fingerprint)
     if settings["backend"] == "journal" and work_journal.exists():
@@ -276,7 +299,21 @@ def open_study(work_journal: Path, pe: str, context: str, spec: dict, fingerprin
             stale = True
         if stale:  # the config or the spec changed: start afresh, keep the old journal aside
             work_journal.replace(work_journal.with_name(f"stale-{int(time.time())}.journal"))
-    storage = open_optuna_storage(settings, work_journal)
+    return open_optuna_storage(settings, work_journal), name
+
+
+def open_study(work_journal: Path, pe: str, context: str, spec: dict, fingerprint: str,
+               storage_settings: dict | None = None, study_direction: str = "minimize") -> optuna.Study:
+    """Open (or resume) the study. ``storage_settings``: ``tune.storage`` (stripes.storage); the
+    default is the journal file ``work_journal``; an RDB names the study with its fingerprint."""
+    return _open_study(work_journal, pe, context, spec, fingerprint, storage_settings, study_direction)[0]
+
+
+def _open_study(work_journal: Path, pe: str, context: str, spec: dict, fingerprint: str,
+                storage_settings: dict | None, study_direction: str):
+    """(study, storage): the caller keeps the storage it opened (Study has no public accessor for it)."""
+    settings = optuna_storage_settings(storage_settings)
+    storage, name = _open_storage(work_journal, pe, context, fingerprint, settings)
     study = optuna.create_study(
         study_name=name,
         storage=storage,
@@ -288,45 +325,65 @@ def open_study(work_journal: Path, pe: str, context: str, spec: dict, fingerprin
     study.set_user_attr("fingerprint", fingerprint)
     study.set_user_attr("pe", pe)
     study.set_user_attr("context", context)
-    # trials left RUNNING by a killed job can never finish: mark them failed, they are redone
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+    fail_abandoned_trials(storage, name)
     if spec["sampler"] == "grid":
         requeue_failed_grid_points(study, spec)
-    return study
+    return study, storage
 
 
-def requeue_failed_grid_points(study: optuna.Study, spec: dict) -> list[int]:
+def fail_abandoned_trials(storage, name: str) -> list[int]:
+    """Mark the trials a killed job left RUNNING as FAIL (they can never finish; they are redone).
+
+    ``Study.tell`` does it through the public API. The study is loaded with a RandomSampler for it:
+    ``tell`` calls the sampler's ``after_trial``, and GridSampler's calls ``Study.stop()`` when that
+    trial holds the last unvisited grid point, which raises outside ``optimize``."""
+    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    numbers = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    for number in numbers:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    return numbers
+
+
+def _point(params: dict, names: list[str]) -> tuple:
+    return tuple(params.get(n) for n in names)
+
+
+def requeue_failed_grid_points(study: optuna.Study, spec: dict) -> list[tuple]:
     """GridSampler counts a FAILed trial's grid point as visited; enqueue those points again.
 
-    The enqueued trial carries the grid point's ``grid_id`` (and search space) so that the
-    sampler's bookkeeping sees it, and its parameters are fixed to that grid point.
-
-    ``grid_id`` indexes the sampler's grid AFTER its seeded shuffle (GridSampler shuffles the grid
-    when it has a seed), not the plain product of the choices: the point is taken from the failed
-    trial's own parameters, else from the sampler's (shuffled) grid. (Found by
-    tests/test_faults.py: with the plain product a SIGKILLed trial's lr was never retried.)
+    A point is identified by its parameter values (our own grid, ``spec["space"]``), so a point
+    redone by an enqueued trial counts as done. A trial killed before it suggested has no
+    parameters, only the ``grid_id`` the sampler gave it; ``grid_id`` indexes the sampler's grid
+    AFTER its seeded shuffle, so its values are asked from the sampler through the public
+    ``sample_independent`` (found by tests/test_faults.py: with the plain product of the choices a
+    SIGKILLed trial's lr was never retried). Returns the points enqueued.
     """
+    from optuna.distributions import CategoricalDistribution
+
     grid = grid_of(spec["space"])
     names = sorted(grid)  # GridSampler orders parameters by name
-    sampler_grid = getattr(study.sampler, "_all_grids", None)
+    state = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False)
-    done = {t.system_attrs.get("grid_id") for t in trials if t.state in FINISHED}
-    queued = {t.system_attrs.get("grid_id") for t in trials if t.state == optuna.trial.TrialState.WAITING}
-    failed_trials = {}
-    for t in trials:
-        if t.state == optuna.trial.TrialState.FAIL and t.system_attrs.get("grid_id") is not None:
-            failed_trials.setdefault(t.system_attrs["grid_id"], t)
-    failed = sorted(set(failed_trials) - done - queued)
-    for gid in failed:
-        params = dict(failed_trials[gid].params)
-        if set(params) != set(names):  # killed before it suggested: the sampler's own grid
-            params = dict(zip(names, sampler_grid[gid]))
-        study.enqueue_trial(params)
-        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))[-1]
-        search_space = {n: list(grid[n]) for n in names}
-        study._storage.set_trial_system_attr(waiting._trial_id, "search_space", search_space)
-        study._storage.set_trial_system_attr(waiting._trial_id, "grid_id", gid)
+
+    def point_of(t) -> tuple | None:
+        if set(t.params) == set(names):
+            return _point(t.params, names)
+        if t.system_attrs.get("grid_id") is None:
+            return None
+        return tuple(study.sampler.sample_independent(study, t, n, CategoricalDistribution(grid[n])) for n in names)
+
+    done = {_point(t.params, names) for t in trials if t.state in FINISHED}
+    # an enqueued trial keeps its parameters in the system attribute Optuna's enqueue_trial writes
+    queued = {_point(t.system_attrs.get("fixed_params") or {}, names) for t in trials if t.state == state.WAITING}
+    failed: list[tuple] = []
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state != state.FAIL:
+            continue
+        point = point_of(t)
+        if point is None or point in done or point in queued or point in failed:
+            continue
+        failed.append(point)
+        study.enqueue_trial(dict(zip(names, point)))
     return failed
 
 
@@ -337,9 +394,10 @@ def run_study(
     context: str,
     out_dir: str | Path,
     objective: Callable[[optuna.Trial], float] | None = None,
-    tracker=None,
+    callbacks: StudyCallbacks | None = None,
 ) -> dict:
     """Run (or resume) the study of (pe, context); write study.journal, best.json, trials.csv."""
+    cb = callbacks or StudyCallbacks()
     spec = full_spec(spec)
     # where the study is stored does not change its trials: not part of the fingerprint
     storage_settings = optuna_storage_settings(spec.pop("storage", None))
@@ -349,48 +407,32 @@ def run_study(
     work_journal = out / "work" / "study.journal"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study_direction = direction(spec, base_cfg)
-    study = open_study(work_journal, pe, context, spec, fingerprint, storage_settings, study_direction)
-
-    parent_run_id = None
-    if tracker is not None:
-        parent_file = out / "work" / "mlflow_parent.json"
-        parent_run_id = reusable_parent_run(tracker, parent_file, fingerprint, f"{pe}/{context}")
-        if parent_run_id is not None:
-            tracker.reopen_run(parent_run_id)
-            # trials of the killed attempt never ended their runs; Optuna retries them anew
-            tracker.close_stale_runs({"mlflow.parentRunId": parent_run_id}, parent_run_id)
-        else:
-            parent_run_id = tracker.start_run(f"tune {pe}/{context}",
-                                              tags=tracker.run_tags(base_cfg, stage="tune", extra={"role": "study"}))
-            tracker.log_params(parent_run_id, {"sampler": spec["sampler"], "sampler_seed": sampler_seed(pe, context),
-                                               "n_trials": n_trials_of(spec), "objective": spec["objective"],
-                                               "space": json.dumps(spec["space"], sort_keys=True)})
-            write_json({"run_id": parent_run_id, "fingerprint": fingerprint}, parent_file)
-    if objective is None:
-        objective = train_objective(base_cfg, spec, out, tracker, parent_run_id)
-    objective = _recording_errors(objective)
+    study, storage = _open_study(work_journal, pe, context, spec, fingerprint, storage_settings, study_direction)
 
     total = n_trials_of(spec)
+    cb.study_started({"pe": pe, "context": context, "fingerprint": fingerprint, "base_cfg": base_cfg, "spec": spec,
+                      "sampler_seed": sampler_seed(pe, context), "n_trials": total})
+    if objective is None:
+        objective = train_objective(base_cfg, spec, out, cb)
+    objective = _recording_errors(objective)
+
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     missing = max(0, total - done)
-    status = "FAILED"
+    finished_ok = False
     try:
         if missing:
             # serial trials (n_jobs=1): parallel workers on one study are not reproducible (design.md §3)
             # a trial that raises is recorded FAIL (traceback in the job log) and the study goes
             # on; a rerun of the job retries failed grid points. No completed trial -> error below.
             study.optimize(objective, n_trials=missing, n_jobs=1, gc_after_trial=True, catch=(Exception,))
-        status = "FINISHED"
+        finished = study.get_trials(deepcopy=False, states=FINISHED)
+        complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
+            raise NoTrialCompleted(no_trial_completed_message(study, pe, context, out, fingerprint))
+        finished_ok = True
     finally:
-        if tracker is not None and status != "FINISHED":
-            tracker.end_run(parent_run_id, "FAILED")
-
-    finished = study.get_trials(deepcopy=False, states=FINISHED)
-    complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        if tracker is not None:
-            tracker.end_run(parent_run_id, "FAILED")
-        raise NoTrialCompleted(no_trial_completed_message(study, pe, context, out, fingerprint))
+        if not finished_ok:
+            cb.study_failed(out)
     sign = -1.0 if study_direction == "maximize" else 1.0
     best = min(complete, key=lambda t: (sign * t.value, t.number))
     result = {
@@ -414,51 +456,11 @@ def run_study(
     if storage_settings["backend"] == "journal":
         shutil.copyfile(work_journal, out / "study.journal")
     else:  # RDB: the declared output is still a self-contained journal of the study
-        export_study_journal(study._storage, study.study_name, out / "study.journal", f"{pe}.{context}")
-    if tracker is not None:
-        tracker.log_metrics(parent_run_id, {"best_value": best.value, "n_complete": len(complete)})
-        tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in best.params.items()})
-        if "binarization" in result:
-            tracker.log_params(parent_run_id, {f"best.binarization.{k}": result["binarization"][k]
-                                               for k in ("rule", "strategy", "threshold", "gap")})
-        tracker.log_artifact(parent_run_id, out / "trials.csv")
-        tracker.end_run(parent_run_id, "FINISHED")
-        result["mlflow_run_id"] = parent_run_id
+        export_study_journal(storage, study.study_name, out / "study.journal", f"{pe}.{context}")
+    cb.study_finished(result, out)
     write_json(result, out / "work" / LAST_GOOD)  # not an output: Snakemake never deletes it
     write_json(result, out / "best.json")
     return result
-
-
-def _say(message: str) -> None:
-    # the job log is stderr (the tune rule redirects 2>&1)
-    print(f"stripes tune: {message}", file=sys.stderr, flush=True)
-
-
-def reusable_parent_run(tracker, parent_file: Path, fingerprint: str, study: str) -> str | None:
-    """The MLflow parent run of an earlier attempt of this study, when it can be logged to again.
-
-    None (a new parent run) when there is no pointer, the study's config changed, or the run is
-    gone from the tracking store: after ``rm -r results/mlflow`` the mlflow_init rule creates a new
-    store and the pointer names a run it never held (reopening it raised "Run with id=... not
-    found" on every rerun). A stale or unreadable pointer gets one line on stderr.
-    """
-    if not parent_file.exists():
-        return None
-    try:
-        pointer = read_json(parent_file)
-        run_id = str(pointer["run_id"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        _say(f"{study}: {parent_file} is unreadable ({type(err).__name__}: {err}); starting a new MLflow "
-             f"parent run and rewriting it")
-        return None
-    if pointer.get("fingerprint") != fingerprint:
-        return None  # the study started afresh (open_study archived its journal): so does its run
-    why = tracker.unusable_run(run_id)
-    if why is not None:
-        _say(f"{study}: {parent_file} points to MLflow run {run_id}, which {why}; starting a new parent "
-             f"run and rewriting {parent_file.name}")
-        return None
-    return run_id
 
 
 def _recording_errors(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
@@ -532,35 +534,20 @@ def write_trials_csv(study: optuna.Study, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="stripes tune", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="resolved run config (JSON) of the study's (pe, context)")
-    ap.add_argument("--pe", required=True)
-    ap.add_argument("--context", required=True)
-    ap.add_argument("--out", required=True, help="study directory (study.journal, best.json, trials.csv)")
-    ap.add_argument("--spec", help="tuning spec JSON (the tune: section); default: the papers' lr grid")
-    ap.add_argument("--experiment", help="experiment.json written by the mlflow_init rule (enables MLflow)")
-    ap.add_argument("--run-record", help="write the parent MLflow run id here (JSON)")
-    args = ap.parse_args(argv)
+    """``stripes tune``: the study alone, without MLflow (the workflow's job, with its MLflow runs and
+    its run record, is ``stripes job tune``)."""
+    from stripes.jobs import add_study_arguments
 
+    ap = argparse.ArgumentParser(prog="stripes tune", description=__doc__.split("\n\n")[0])
+    add_study_arguments(ap)
+    args = ap.parse_args(argv)
     cfg = read_json(args.config)
     spec = read_json(args.spec) if args.spec else None
-    tracker = None
-    if args.experiment:
-        from stripes.tracking import Tracker, TrackingStoreError
-
-        try:
-            tracker = Tracker.from_experiment_file(args.experiment)
-        except TrackingStoreError as err:
-            print(f"stripes tune: error: {err}", file=sys.stderr)
-            return 2
     try:
-        result = run_study(cfg, spec, args.pe, args.context, args.out, tracker=tracker)
+        result = run_study(cfg, spec, args.pe, args.context, args.out)
     except NoTrialCompleted as err:  # the trials' tracebacks are above in the log; this is the summary
         print(f"stripes tune: error: {err}", file=sys.stderr)
         return 1
-    if args.run_record:
-        write_json({"run_id": result.get("mlflow_run_id"), "stage": "tune", "pe": args.pe, "context": args.context,
-                    "experiment_id": getattr(tracker, "experiment_id", None), "status": "FINISHED"}, args.run_record)
     print(json.dumps({k: result[k] for k in ("pe", "context", "params", "value", "trial", "n_trials")}))
     return 0
 

@@ -6,7 +6,7 @@
 rule toy_kernels:
     output:
         png=report(
-            "results/figures/toy_kernels.png",
+            TOY_FIGURE,
             caption="../report/toy_kernels.rst",
             category="Figures",
         ),
@@ -21,7 +21,7 @@ rule toy_kernels:
     conda:
         ENV
     shell:
-        "python -m stripes.cli toy --out-png {output.png:q} --out-csv {output.csv:q}"
+        "{PYTHON} -m stripes.cli toy --out-png {output.png:q} --out-csv {output.csv:q}"
         " --n-freqs {params.n_freqs} --seed {params.seed} > {log:q} 2>&1"
 
 
@@ -32,12 +32,12 @@ rule metric_floor:
     # Every reading of every metric (papers' text vs [S24] code; SSMD x50 and x100) on reference
     # predictions built from the test targets (empty, target, 16th shift, a share of the notes,
     # random cells, all on), beside the papers' no-information rows: the evidence for the primary
-    # reading of each metric (docs/metric-readings.md). Needs the prepared data (data.smk, included
-    # before this file).
+    # reading of each metric (docs/metric-readings.md). Needs the prepared data (data.smk's prepare;
+    # named by path, so the include order does not matter).
     input:
-        report=rules.prepare.output.report,
-        songs=rules.prepare.output.songs,
-        split=rules.prepare.output.split,
+        report=f"{DATA_DIR}/report.json",
+        songs=f"{DATA_DIR}/songs.json",
+        split=f"{DATA_DIR}/split.json",
         reference=f"{RESULTS}/reference/paper_tables.csv",
     output:
         csv=f"{RESULTS}/tables/metric_floor.csv",
@@ -57,7 +57,7 @@ rule metric_floor:
     conda:
         ENV
     shell:
-        "python -m stripes.cli calibrate --data-dir {params.data_dir:q} --reference {input.reference:q}"
+        "{PYTHON} -m stripes.cli calibrate --data-dir {params.data_dir:q} --reference {input.reference:q}"
         " --bars {params.bars} --keep {params.keep} --seed {params.seed}"
         " --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
 

@@ -8,8 +8,7 @@ DATA_SETTINGS = as_json(config.get("data", {}))
 FETCH_KEYS = ("pop909_dir", "structure_dir", "pop909_url", "structure_url", "cache_dir", "download")
 FETCH_SETTINGS = as_json({k: v for k, v in config.get("data", {}).items() if k in FETCH_KEYS})
 MI_SETTINGS = as_json(config.get("mi", {}))
-DATA_DIR = config.get("data", {}).get("out_dir", f"{RESULTS}/data")
-PREPARED_DATA = [f"{DATA_DIR}/report.json"]  # what training reads (see common.smk prepared_data)
+# DATA_DIR, PREPARED_DATA and MI_TABLE: common.smk
 
 
 rule fetch:
@@ -27,7 +26,7 @@ rule fetch:
     conda:
         ENV
     shell:
-        "python -m stripes.cli fetch --settings {params.settings:q} --jobs {threads}"
+        "{PYTHON} -m stripes.cli fetch --settings {params.settings:q} --jobs {threads}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -53,7 +52,7 @@ rule prepare:
     shell:
         # prepare re-checks the sources too (a stat pass against fetch's verification record,
         # ~0.1 s): its per-song cache is keyed on the manifest checksums, valid only if they hold
-        "python -m stripes.cli prepare --settings {params.settings:q} --jobs {threads}"
+        "{PYTHON} -m stripes.cli prepare --settings {params.settings:q} --jobs {threads}"
         " > {log:q} 2>&1"
 
 
@@ -62,7 +61,7 @@ rule mutual_information:
         report=rules.prepare.output.report,
         songs=rules.prepare.output.songs,
     output:
-        csv=f"{RESULTS}/tables/mutual_information.csv",
+        csv=MI_TABLE,
         md=f"{RESULTS}/tables/mutual_information.md",
     params:
         settings=MI_SETTINGS,
@@ -74,7 +73,7 @@ rule mutual_information:
     conda:
         ENV
     shell:
-        "python -m stripes.cli mi --data-dir {params.data_dir:q} --settings {params.settings:q}"
+        "{PYTHON} -m stripes.cli mi --data-dir {params.data_dir:q} --settings {params.settings:q}"
         " --out {output.csv:q} > {log:q} 2>&1"
 
 

@@ -2,31 +2,27 @@
 # the difference), Figure 4 (MI vs in-domain performance) and an MLflow summary run.
 # Tables are built from the metrics.json files of THIS DAG (never from all runs of the MLflow
 # experiment). A failed run (failure record, see train.smk) shows as a missing cell.
+# Reads only names of common.smk (MI_TABLE, TOY_FIGURE, EXPERIMENT, PLAN): any include order works.
 
-MI_TABLE = f"{RESULTS}/tables/mutual_information.csv"  # written by the data stage (data.smk)
 TABLE_NAMES = PLAN.metric_tables + [n for n, t in PLAN.tables.items() if t.kind == "mutual_information"]
 MI_FIGURE = f"{RESULTS}/figures/mi_vs_performance.png"
-TOY_FIGURE = f"{RESULTS}/figures/toy_kernels.png"  # written by analysis.smk (Figs. 2-3)
 HAS_MI_FIGURE = bool(config.get("study", {}).get("mi_figure", {}).get("table"))
 NEEDS_MI = HAS_MI_FIGURE or len(TABLE_NAMES) > len(PLAN.metric_tables)
 
 
 rule report_spec:
     # The tables as the aggregate step reads them (rows, seeds, references): a file of the DAG,
-    # rewritten when config/config.yaml changes the tables.
+    # rewritten when config/config.yaml changes the tables (the spec is a param: a changed param
+    # reruns the rule). Written by Snakemake itself: no job process for a JSON dump.
     output:
         f"{RESULTS}/tables/spec.json",
     params:
         spec=as_json(report_spec(config, PLAN, RESULTS)),
-    log:
-        f"{RESULTS}/logs/report_spec.log",
     benchmark:
         f"{RESULTS}/benchmarks/report_spec.tsv"
     localrule: True
-    conda:
-        ENV
-    shell:
-        "python -m stripes.jobs write-json --json {params.spec:q} --out {output:q} > {log:q} 2>&1"
+    run:
+        write_json(json.loads(params.spec), output[0])
 
 
 rule aggregate:
@@ -34,11 +30,11 @@ rule aggregate:
     input:
         spec=rules.report_spec.output[0],
         metrics=PLAN.run_paths(RESULTS, "eval", "metrics.json"),
-        records=PLAN.run_paths(RESULTS, "eval", "mlflow_run.json"),
+        records=PLAN.run_paths(RESULTS, "eval", RECORD),
         reference="results/reference/paper_tables.csv",
         mi=[MI_TABLE] if NEEDS_MI else [],
         experiment=EXPERIMENT,
-        toy=[TOY_FIGURE] if TOY_FIGURE in TARGETS else [],
+        toy=TOY_FIGURE,
     output:
         csv=[report(f"{RESULTS}/tables/{n}.csv", caption="../report/table.rst", category="Tables", subcategory=n, labels={"table": n}) for n in TABLE_NAMES],
         md=[f"{RESULTS}/tables/{n}.md" for n in TABLE_NAMES],
@@ -49,7 +45,7 @@ rule aggregate:
         record=f"{RESULTS}/mlflow/summary_run.json",
     params:
         out=lambda wc, output: str(Path(output.failures).parent.parent),
-        extra=lambda wc, input: " ".join(f"--extra-artifact {f}" for f in [*input.toy, *input.mi]),
+        extra=lambda wc, input: " ".join(f"--extra-artifact {f}" for f in [input.toy, *input.mi]),
     log:
         f"{RESULTS}/logs/aggregate.log",
     benchmark:
@@ -57,8 +53,8 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "python -m stripes.cli aggregate --spec {input.spec:q} --out {params.out:q}"
-        " --experiment {input.experiment:q} --run-record {output.record:q} {params.extra}"
+        "{PYTHON} -m stripes.jobs aggregate --spec {input.spec:q} --out {params.out:q}"
+        " --experiment {input.experiment:q} --record {output.record:q} {params.extra}"
         " > {log:q} 2>&1"
 
 

@@ -1,6 +1,8 @@
 # train stage: one run per (pe, context, seed) with the tuned parameters, then its evaluation
 # on the 16- and 64-bar test windows. Both log live to the same MLflow run (its id is recorded
-# in results/train/{pe}/{context}/seed{seed}/mlflow_run.json).
+# in results/train/{pe}/{context}/seed{seed}/mlflow_run.json). Every job runs through the job
+# layer, `python -m stripes.jobs train|evaluate|train-eval` (stripes.jobs: the MLflow run, the
+# run record, the failure policy), in both DAG shapes.
 #
 # Failures (study.record_failures: true): a job whose training or evaluation raises writes its
 # outputs as failure records (status "failed" + the error) and exits 0, so the other runs and
@@ -11,6 +13,10 @@
 # job fails as usual and `--keep-going` finishes the other runs (the tables then wait).
 
 
+# glibc keeps freed memory for reuse instead of unmapping it (no page faults on every CPU step's
+# large activations); set here, by the job, because it changes the whole process's allocator
+# (stripes.device.KEEP_FREED_MEMORY_ENV explains the numbers): the MALLOC_* prefix of the shells
+
 rule resolve_run_config:
     # results/runs/{pe}/{context}/seed{seed}/config.json: the resolved run config (run, data,
     # model, train, eval, pe_entry) with the study's best parameters merged in.
@@ -18,21 +24,17 @@ rule resolve_run_config:
         best=f"{RESULTS}/tune/{{pe}}/{{context}}/best.json",
     output:
         f"{RESULTS}/runs/{{pe}}/{{context}}/seed{{seed}}/config.json",
+    # Written by Snakemake itself (stripes.runconfig.write_run_config): no job process for it.
     params:
         config=lambda wc: as_json(
             resolve_run_config(config, wc.pe, wc.context, int(wc.seed), "train", PE_REGISTRY,
                                settings=PLAN.settings.get((wc.pe, wc.context)))
         ),
-    log:
-        f"{RESULTS}/logs/resolve_run_config/{{pe}}/{{context}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/resolve_run_config/{{pe}}/{{context}}/seed{{seed}}.tsv"
     localrule: True
-    conda:
-        ENV
-    shell:
-        "python -m stripes.jobs run-config --base {params.config:q} --best {input.best:q}"
-        " --out {output:q} > {log:q} 2>&1"
+    run:
+        write_run_config(params.config, input.best, output[0])
 
 
 if not FUSE_TRAIN_EVAL:
@@ -43,7 +45,7 @@ if not FUSE_TRAIN_EVAL:
             experiment=EXPERIMENT,
             data=PREPARED_DATA,
         output:
-            record=f"{RESULTS}/train/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
+            record=f"{RESULTS}/train/{{pe}}/{{context}}/seed{{seed}}/{RECORD}",
         params:
             train_dir=lambda wc, output: str(Path(output.record).parent),
             record_failures="--record-failures" if RECORD_FAILURES else "",
@@ -58,8 +60,10 @@ if not FUSE_TRAIN_EVAL:
             ENV
         shell:
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-            " python -m stripes.tracking train --config {input.config:q} --train-dir {params.train_dir:q}"
+            " MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647"
+            " {PYTHON} -m stripes.jobs train --config {input.config:q} --train-dir {params.train_dir:q}"
             " --experiment {input.experiment:q} --record {output.record:q} {params.record_failures}"
+            " --threads {threads}"
             " > {log:q} 2>&1"
 
 
@@ -71,7 +75,7 @@ if not FUSE_TRAIN_EVAL:
             data=PREPARED_DATA,
         output:
             metrics=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/metrics.json",
-            record=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
+            record=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/{RECORD}",
         params:
             train_dir=lambda wc, input: str(Path(input.train_record).parent),
             eval_dir=lambda wc, output: str(Path(output.metrics).parent),
@@ -88,10 +92,11 @@ if not FUSE_TRAIN_EVAL:
             ENV
         shell:
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-            " python -m stripes.tracking evaluate --config {input.config:q} --train-dir {params.train_dir:q}"
+            " MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647"
+            " {PYTHON} -m stripes.jobs evaluate --config {input.config:q} --train-dir {params.train_dir:q}"
             " --eval-dir {params.eval_dir:q} --train-record {input.train_record:q}"
             " --experiment {input.experiment:q} --record {output.record:q}"
-            " {params.record_failures} {params.log_samples} > {log:q} 2>&1"
+            " {params.record_failures} {params.log_samples} --threads {threads} > {log:q} 2>&1"
 
 else:
     rule train_evaluate:
@@ -103,9 +108,9 @@ else:
             experiment=EXPERIMENT,
             data=PREPARED_DATA,
         output:
-            record=f"{RESULTS}/train/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
+            record=f"{RESULTS}/train/{{pe}}/{{context}}/seed{{seed}}/{RECORD}",
             metrics=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/metrics.json",
-            eval_record=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/mlflow_run.json",
+            eval_record=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/{RECORD}",
         params:
             train_dir=lambda wc, output: str(Path(output.record).parent),
             eval_dir=lambda wc, output: str(Path(output.metrics).parent),
@@ -122,11 +127,12 @@ else:
             ENV
         shell:
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-            " python -m stripes.tracking train-evaluate --config {input.config:q}"
+            " MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647"
+            " {PYTHON} -m stripes.jobs train-eval --config {input.config:q}"
             " --train-dir {params.train_dir:q} --eval-dir {params.eval_dir:q}"
             " --experiment {input.experiment:q} --record {output.record:q}"
             " --eval-record {output.eval_record:q} {params.record_failures} {params.log_samples}"
-            " > {log:q} 2>&1"
+            " --threads {threads} > {log:q} 2>&1"
 
 
 TARGETS += PLAN.run_paths(RESULTS, "eval", "metrics.json")

@@ -3,6 +3,10 @@
 # The study journal is an output of its own job (never shared between jobs).
 
 
+# glibc keeps freed memory for reuse instead of unmapping it (no page faults on every CPU step's
+# large activations); set here, by the job, because it changes the whole process's allocator
+# (stripes.device.KEEP_FREED_MEMORY_ENV explains the numbers): the MALLOC_* prefix of the shells
+
 rule mlflow_init:
     # Creates the SQLite DB (all schema migrations) and the experiment BEFORE any parallel job
     # writes to it (design.md §3: a fresh DB hit by parallel jobs breaks). Every tracked job
@@ -20,7 +24,7 @@ rule mlflow_init:
     conda:
         ENV
     shell:
-        "python -m stripes.tracking init --tracking-uri {params.tracking_uri:q}"
+        "{PYTHON} -m stripes.jobs init --tracking-uri {params.tracking_uri:q}"
         " --artifact-root {params.artifact_root:q} --experiment {params.experiment:q}"
         " --out {output:q} > {log:q} 2>&1"
 
@@ -28,6 +32,7 @@ rule mlflow_init:
 rule tune_config:
     # The study's resolved run config and tuning spec, passed to the tune job as files (so every
     # setting the job uses reaches it through params: and triggers a rerun when it changes).
+    # Written by Snakemake itself: no job process for a JSON dump.
     output:
         config=f"{RESULTS}/tune/{{pe}}/{{context}}/config.json",
         spec=f"{RESULTS}/tune/{{pe}}/{{context}}/spec.json",
@@ -37,16 +42,12 @@ rule tune_config:
                                settings=PLAN.settings.get((wc.pe, wc.context)))
         ),
         spec=as_json(config.get("tune", {})),
-    log:
-        f"{RESULTS}/logs/tune_config/{{pe}}/{{context}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tune_config/{{pe}}/{{context}}.tsv"
     localrule: True
-    conda:
-        ENV
-    shell:
-        "python -m stripes.jobs write-json --json {params.config:q} --out {output.config:q}"
-        " --json {params.spec:q} --out {output.spec:q} > {log:q} 2>&1"
+    run:
+        write_json(json.loads(params.config), output.config)
+        write_json(json.loads(params.spec), output.spec)
 
 
 rule tune:
@@ -61,7 +62,7 @@ rule tune:
         journal=f"{RESULTS}/tune/{{pe}}/{{context}}/study.journal",
         best=f"{RESULTS}/tune/{{pe}}/{{context}}/best.json",
         trials=f"{RESULTS}/tune/{{pe}}/{{context}}/trials.csv",
-        record=f"{RESULTS}/tune/{{pe}}/{{context}}/mlflow_run.json",
+        record=f"{RESULTS}/tune/{{pe}}/{{context}}/{RECORD}",
     params:
         out=lambda wc, output: str(Path(output.best).parent),
     log:
@@ -75,9 +76,10 @@ rule tune:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " python -m stripes.cli tune --config {input.config:q} --spec {input.spec:q}"
+        " MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647"
+        " {PYTHON} -m stripes.jobs tune --config {input.config:q} --spec {input.spec:q}"
         " --pe {wildcards.pe} --context {wildcards.context} --out {params.out:q}"
-        " --experiment {input.experiment:q} --run-record {output.record:q} > {log:q} 2>&1"
+        " --experiment {input.experiment:q} --record {output.record:q} --threads {threads} > {log:q} 2>&1"
 
 
 TARGETS += [f"{RESULTS}/tune/{pe}/{ctx}/best.json" for pe, ctx in PAIRS]

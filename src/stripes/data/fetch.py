@@ -5,8 +5,8 @@ A dataset is resolved from, in order:
 1. a local folder (config ``data.pop909_dir`` / ``data.structure_dir``, overridden by the
    environment variables ``STRIPES_POP909`` / ``STRIPES_POP909_STRUCTURE``), the folder that
    holds ``NNN/`` song folders (i.e. ``.../POP909``);
-2. else a download of the pinned upstream archive (``data.pop909_url`` / ``data.structure_url``,
-   any URL urllib opens, ``file://`` included) into ``data.cache_dir/<name>/POP909``.
+2. else a download of the pinned upstream archive (``data.pop909_url`` / ``data.structure_url``, null: the pinned archive of
+   ``stripes.data.sources``; any URL urllib opens, ``file://`` included) into ``data.cache_dir/<name>/POP909``.
 
 Either way every file listed in the committed manifest (``stripes/resources/*.sha256``, lines
 ``<sha256>  POP909/NNN/file``) must exist and match. Verification hashes files in threads and
@@ -27,51 +27,14 @@ import time
 import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-# Pinned upstream sources (paper-spec §1.1). GitHub serves the POP909 archive from the repo
-# itself and the structure annotations as a whole-repository zip at the commit.
-POP909_COMMIT = "d83e6edba6872a704f5d3b8b32f5cb540088dae6"
-STRUCTURE_COMMIT = "3a8d0d096e8dd2f62e38e48500bf0b230eeca585"
+from stripes.data.settings import load_settings
+from stripes.data.sources import POP909_COMMIT, SOURCES, STRUCTURE_COMMIT, Source
 
-
-@dataclass(frozen=True)
-class Source:
-    name: str  # "pop909" | "structure"
-    env: str  # environment variable overriding the local folder
-    manifest: str  # resource file name of the checksum list
-    url: str  # default download URL (zip)
-    commit: str
-
-
-SOURCES = {
-    "pop909": Source(
-        "pop909",
-        "STRIPES_POP909",
-        "pop909.sha256",
-        f"https://github.com/music-x-lab/POP909-Dataset/raw/{POP909_COMMIT}/POP909.zip",
-        POP909_COMMIT,
-    ),
-    "structure": Source(
-        "structure",
-        "STRIPES_POP909_STRUCTURE",
-        "pop909_structure.sha256",
-        f"https://github.com/Dsqvival/hierarchical-structure-analysis/archive/{STRUCTURE_COMMIT}.zip",
-        STRUCTURE_COMMIT,
-    ),
-}
-
-# Defaults mirrored in config/config.yaml (data section); paths are relative to the repo root.
-DEFAULTS = {
-    "pop909_dir": "../shared/data/pop909/POP909",
-    "structure_dir": "../shared/data/pop909-structure/POP909",
-    "pop909_url": SOURCES["pop909"].url,
-    "structure_url": SOURCES["structure"].url,
-    "cache_dir": "results/cache/datasets",
-    "download": True,
-}
+__all__ = ["POP909_COMMIT", "SOURCES", "STRUCTURE_COMMIT", "DataError", "Source", "download", "load_manifest",
+           "resolve", "verify"]
 
 
 class DataError(RuntimeError):
@@ -160,7 +123,7 @@ def verify(root: Path, source: Source, cache_dir: Path | None = None, threads: i
 
 
 def _dir_key(source: Source) -> str:
-    return "pop909_dir" if source.name == "pop909" else "structure_dir"
+    return source.dir_key
 
 
 def download(url: str, dest: Path) -> Path:
@@ -207,7 +170,7 @@ def download(url: str, dest: Path) -> Path:
 def resolve(name: str, settings: dict | None = None, verify_files: bool = True,
             threads: int = 8) -> Path:
     """Return the verified POP909-style folder of dataset ``name`` ("pop909" | "structure")."""
-    s = {**DEFAULTS, **(settings or {})}
+    s = load_settings(settings)
     source = SOURCES[name]
     cache = Path(s["cache_dir"])
     local = os.environ.get(source.env) or s.get(_dir_key(source))
@@ -219,7 +182,7 @@ def resolve(name: str, settings: dict | None = None, verify_files: bool = True,
         if cached.is_dir():
             root = cached
         elif s.get("download", True):
-            url = s["pop909_url" if name == "pop909" else "structure_url"]
+            url = s[source.url_key] or source.url
             print(f"[fetch] {name}: no local folder ({local}); downloading {url}", file=sys.stderr)
             root = download(url, cache / name)
         else:
@@ -240,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=8, help="hashing threads")
     ap.add_argument("--out", default=None, help="write the resolved sources as JSON here")
     args = ap.parse_args(argv)
-    from stripes.data.settings import load_settings
-
     settings = load_settings(args.settings)
     summary = {}
     try:

@@ -37,15 +37,10 @@ from stripes.data import annotations as ann
 from stripes.data.fetch import SOURCES, DataError, load_manifest, resolve
 from stripes.data.midi import SongError, load_pianoroll, melody_per_tick, seconds_to_ticks
 from stripes.data.settings import AUTHORS_DROPPED, load_settings
+from stripes.data.store import window_starts
 
 CODE_VERSION = "2"  # bump when the per-song derivation changes: invalidates the cache
 PER_SONG_KEYS = ("ticks_per_quarter", "chord_source")  # settings the per-song cache depends on
-
-
-def window_starts(n_frames: int, bars: int, overlap: int) -> range:
-    """Start frames of the full windows of W+1 frames (W = 64*bars), hop W+1-overlap (§1.5)."""
-    W = 64 * bars
-    return range(0, max(0, n_frames - (W + 1) + 1), W + 1 - overlap)
 
 
 # ------------------------------------------------------------------------------ one song

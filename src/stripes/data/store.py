@@ -12,7 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from stripes.data.prepare import window_starts
+
+
+def window_starts(n_frames: int, bars: int, overlap: int) -> range:
+    """Start frames of the full windows of W+1 frames (W = 64*bars), hop W+1-overlap (§1.5)."""
+    W = 64 * bars
+    return range(0, max(0, n_frames - (W + 1) + 1), W + 1 - overlap)
 
 
 class Prepared:

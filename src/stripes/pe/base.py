@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..kernels import KernelSet, check_mode, resolve
+
 TARGETS = ("none", "input", "qk", "logits")
 ATTENTIONS = ("linear", "exact")
 
@@ -32,11 +34,17 @@ class PositionalEncoding(nn.Module):
     Structural constructor args (supplied by the model, never by the registry entry):
     n_heads, head_dim, context_dim (L), d_model, n_layers. ``share_layers`` (registry kwarg,
     default True, A24): one instance serves all layers; False makes the model build one per layer.
+
+    ``kernel_mode`` (the model config's ``kernels``, set by ``use_kernels`` at ``build_model``;
+    "reference" for a PE built on its own): the hooks compute the plain forms written in each class
+    unless ``kernels_for(tensor)`` (``stripes.kernels.resolve`` on the tensor's device) turns a
+    kernel on.
     """
 
     target: ClassVar[str] = "none"
     attention: ClassVar[str] = "linear"
     STRUCTURAL: ClassVar[tuple[str, ...]] = ("n_heads", "head_dim", "context_dim", "d_model", "n_layers")
+    kernel_mode: str = "reference"
 
     def __init__(self, *, n_heads: int, head_dim: int, context_dim: int, d_model: int, n_layers: int,
                  share_layers: bool = True):
@@ -62,6 +70,14 @@ class PositionalEncoding(nn.Module):
     @property
     def d_in(self) -> int:
         return self.head_dim
+
+    def use_kernels(self, mode: str) -> PositionalEncoding:
+        """Follow the kernel switch ``mode`` ("auto" | "reference" | "fast") from now on."""
+        self.kernel_mode = check_mode(mode)
+        return self
+
+    def kernels_for(self, ref: Tensor) -> KernelSet:
+        return resolve(self.kernel_mode, ref.device)
 
     # hooks -------------------------------------------------------------------------------------
     def prepare(self, pos: Tensor) -> Any:

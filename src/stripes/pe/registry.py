@@ -1,6 +1,11 @@
-"""The PE registry: config/pe.yaml, name -> {class, kwargs, description, reference}.
+"""The PE registry: name -> {class, kwargs, description, reference}.
 
-``load_registry`` validates every entry against workflow/schemas/pe.schema.yaml, checks the class
+The package ships the papers' PEs (``stripes/resources/pe.yaml``, :data:`DEFAULT_REGISTRY`); a
+study adds or replaces entries with its own file (config key ``pe_registry``, or
+``$STRIPES_PE_REGISTRY`` for :func:`load_registry` without arguments), merged over the packaged
+ones by :func:`merged_entries`: a new name adds a PE, an existing name replaces that entry.
+
+``load_registry`` validates every entry against the packaged ``pe.schema.yaml``, checks the class
 path is under the allow-listed prefix ``stripes.pe.`` *before* importing anything, imports it,
 checks it subclasses ``PositionalEncoding`` and that the kwargs bind to its constructor together
 with the structural arguments the model supplies. Any failure raises ``RegistryError`` naming the
@@ -14,6 +19,7 @@ import inspect
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +27,8 @@ from .base import PositionalEncoding
 
 ALLOWED_PREFIX = "stripes.pe."
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_REGISTRY = _ROOT / "config" / "pe.yaml"
-SCHEMA = _ROOT / "workflow" / "schemas" / "pe.schema.yaml"
+#: the packaged registry (a Traversable: ``read_text()``; a real path in an unzipped install)
+DEFAULT_REGISTRY = resources.files("stripes").joinpath("resources", "pe.yaml")
 # what the model passes to every PE constructor; dummy values are enough to check binding
 _STRUCTURAL_PROBE = {"n_heads": 4, "head_dim": 128, "context_dim": 1, "d_model": 512, "n_layers": 2}
 
@@ -65,14 +70,37 @@ class RegistryEntry:
         return self.cls(**structural, **self.kwargs)
 
 
-def default_registry_path() -> Path:
-    return Path(os.environ.get("STRIPES_PE_REGISTRY", DEFAULT_REGISTRY))
+def read_entries(path) -> dict:
+    """The raw entries of one registry file (an empty file has none). A top-level ``pes:``
+    wrapper is accepted as well as a flat mapping."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text() if hasattr(path, "read_text") else Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise RegistryError(f"cannot read PE registry {path}: {err}") from err
+    data = {} if data is None else data
+    if isinstance(data, dict) and set(data) == {"pes"} and isinstance(data["pes"], dict):
+        data = data["pes"]
+    if not isinstance(data, dict):
+        raise RegistryError(f"PE registry {path} must be a mapping name -> entry, got {type(data).__name__}")
+    return data
+
+
+def merged_entries(*extra) -> dict:
+    """The packaged entries, then each file of ``extra`` (paths; None skipped) merged over them:
+    a new name adds an entry, an existing name replaces it whole."""
+    out = dict(read_entries(DEFAULT_REGISTRY))
+    for path in extra:
+        if path is not None:
+            out.update(read_entries(path))
+    return out
 
 
 def _schema() -> dict:
-    import yaml
+    from stripes.schema import load_schema
 
-    return yaml.safe_load(SCHEMA.read_text())
+    return load_schema("pe")
 
 
 def _check_entry(name: str, raw: Any, entry_schema: dict | None) -> RegistryEntry:
@@ -120,15 +148,14 @@ def _check_entry(name: str, raw: Any, entry_schema: dict | None) -> RegistryEntr
 
 
 def load_registry(path: str | os.PathLike | None = None, data: dict | None = None) -> dict[str, RegistryEntry]:
-    """Load and check the registry file (or an already-parsed ``data`` mapping)."""
+    """Load and check a registry: ``data`` (parsed entries), else the file ``path`` alone, else
+    the packaged registry with ``$STRIPES_PE_REGISTRY`` (a file of entries) merged over it."""
     if data is None:
-        import yaml
-
-        path = Path(path) if path is not None else default_registry_path()
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise RegistryError(f"cannot read PE registry {path}: {err}") from err
+        if path is None:
+            data = merged_entries(os.environ.get("STRIPES_PE_REGISTRY") or None)
+            path = "stripes/resources/pe.yaml" + (" + $STRIPES_PE_REGISTRY" if os.environ.get("STRIPES_PE_REGISTRY") else "")
+        else:
+            data = read_entries(path)
     if not isinstance(data, dict) or not data:
         raise RegistryError(f"PE registry {path or '<data>'} must be a non-empty mapping name -> entry")
     schema = _schema()

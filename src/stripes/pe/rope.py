@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..kernels import rotary
 from .base import PositionalEncoding, full_precision
 
 SCHEDULES = ("shared", "interleaved")
@@ -69,62 +70,12 @@ def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
-def phasor(theta: Tensor) -> Tensor:
-    """exp(i theta) = cos theta + i sin theta, complex (...,D/2); differentiable in theta."""
-    return torch.complex(torch.cos(theta), torch.sin(theta))
-
-
-_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
-
-
-def as_complex_pairs(x: Tensor) -> Tensor:
-    """x (...,D) real -> z (...,D/2) complex, z_d = x_{2d-1} + i x_{2d}; a view when the strides allow."""
-    if x.dtype not in _COMPLEX:
-        x = x.float()
-    pairs = x.unflatten(-1, (x.shape[-1] // 2, 2))
-    if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(st % 2 for st in pairs.stride()[:-1]):
-        pairs = pairs.contiguous()
-    return torch.view_as_complex(pairs)
-
-
-class _RotatePairs(torch.autograd.Function):
-    """``rotate_pairs`` as one complex multiply by rot = exp(i theta), given without a graph.
-
-    Backward: d x = g exp(-i theta) (one complex multiply) and, when theta needs it,
-    d theta_d = g_{2d} out_{2d-1} - g_{2d-1} out_{2d} (d out / d theta = i out) in two real passes,
-    so no complex gradient of rot is written, summed over the four uses per step and sent back
-    through cos and sin.
-    """
-
-    @staticmethod
-    def forward(ctx, x, theta, rot):
-        z = as_complex_pairs(x)
-        out = torch.view_as_real(z * rot.to(z.dtype)).flatten(-2).to(x.dtype)
-        ctx.save_for_backward(rot, out if ctx.needs_input_grad[1] else None)
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        rot, out = ctx.saved_tensors
-        gx = g_theta = None
-        if ctx.needs_input_grad[0]:
-            gz = as_complex_pairs(g)
-            gx = torch.view_as_real(gz * rot.to(gz.dtype).conj()).flatten(-2).to(g.dtype)
-        if ctx.needs_input_grad[1]:
-            o, gp = out.unflatten(-1, (-1, 2)), g.unflatten(-1, (-1, 2))
-            g_theta = torch.mul(gp[..., 1], o[..., 0])
-            g_theta.addcmul_(gp[..., 0], o[..., 1], value=-1)
-        return gx, g_theta, None
-
-
-def rotate(x: Tensor, theta: Tensor, rot: Tensor) -> Tensor:
-    """``rotate_pairs(x, cos theta, sin theta)``, the fast path; rot = ``phasor(theta)`` (its graph,
-    if any, is not used: the gradient reaches theta directly). Tests compare it with the reference."""
-    return _RotatePairs.apply(x, theta, rot.detach())
-
-
 class _RotaryPE(PositionalEncoding):
-    """Shared machinery: angles computed once per forward (code = (theta, exp(i theta)), (B,H,T,D/2))."""
+    """Shared machinery: angles theta (B,H,T,D/2) computed once per forward.
+
+    Code: (cos theta, sin theta); with the rotary kernel (theta, exp(i theta)), see
+    ``stripes.kernels.rotary.rotate``.
+    """
 
     target = "qk"
     attention = "linear"
@@ -144,8 +95,10 @@ class _RotaryPE(PositionalEncoding):
     def prepare(self, pos):
         with full_precision(pos):
             theta = self.angles(pos)
-            with torch.no_grad():
-                return theta, phasor(theta)
+            if self.kernels_for(pos).rotary:
+                with torch.no_grad():
+                    return theta, rotary.phasor(theta)
+            return torch.cos(theta), torch.sin(theta)
 
 
 class RoPE(_RotaryPE):
@@ -161,5 +114,8 @@ class RoPE(_RotaryPE):
                          share_layers=share_layers, **structural)
 
     def transform_qk(self, q, k, code, layer):
-        theta, rot = code
-        return rotate(q, theta, rot), rotate(k, theta, rot)
+        if self.kernels_for(q).rotary:
+            theta, rot = code
+            return rotary.rotate(q, theta, rot), rotary.rotate(k, theta, rot)
+        cos, sin = code
+        return rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)

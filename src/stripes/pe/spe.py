@@ -8,6 +8,7 @@ draw from ``seed`` in eval (never touching the global RNG).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..kernels import sine_mix as kernels
 from .base import PositionalEncoding, full_precision
 
 
@@ -63,8 +65,9 @@ class SineCode(NamedTuple):
     """sineSPE's per-forward code, shared by all layers.
 
     feats (H,B',T,J,D): [cos_1..cos_K, sin_1..sin_K] of 2 pi f.p, then (gated) one row of ones,
-    J = 2K (+1); B' = 1 when every window has the same positions (TIME), else B; computed without
-    a graph (its gradient to ``freq`` is formed by ``sine_mix``). freq (H,D,K,L) = sigmoid(w)/2;
+    J = 2K (+1); B' = 1 when every window has the same positions (TIME), else B; with a sine_mix
+    kernel computed without a graph (the kernel forms its gradient to ``freq``, see
+    ``stripes.kernels.sine_mix``). freq (H,D,K,L) = sigmoid(w)/2;
     pos (B',T,L); zq, zk (H,2K*D,R) noise in the feats order (the query phase folded into zq);
     u (H,D,R) gate noise. The gate enters per layer through the noise only (``transform_qk``).
     """
@@ -87,79 +90,12 @@ def sine_features(pos: Tensor, freq: Tensor) -> Tensor:
 def sine_mix_reference(x: Tensor, feats: Tensor, z: Tensor) -> Tensor:
     """sum_{j,d} x_d feats_jd z_(jd)r: x (B,H,T,D), feats (H,B',T,J,D), z (H,J*D,R) -> (B,H,T,R).
 
-    Plain autograd: it materialises the (H,B,T,J,D) product forward and backward.
+    Plain autograd (feats with its graph to freq): it materialises the (H,B,T,J,D) product
+    forward and backward.
     """
     prod = x.transpose(0, 1).unsqueeze(-2) * feats
     h, b, t = prod.shape[:3]
     return torch.bmm(prod.reshape(h, b * t, -1), z).view(h, b, t, -1).transpose(0, 1)
-
-
-class _SineMix(torch.autograd.Function):
-    """``sine_mix_reference`` with feats = ``sine_features(pos, freq)`` (then any constant rows),
-    block by block.
-
-    Each (head, window, block of ``rows`` frames) forms its (rows, J*D) product in a reused buffer
-    that stays in cache, for one GEMM forward; backward recomputes it instead of saving it.
-    feats carries no graph: the gradient to freq is formed here, per block, as
-    2 pi pos^T (cos * g_sin - sin * g_cos) with g_feats = (g z^T) * x, so no (H,B,T,J,D) tensor
-    is written, saved or summed over the four uses of one step (q and k, two layers).
-    """
-
-    @staticmethod
-    def forward(ctx, x, z, freq, feats, pos, rows):
-        b, h, t, d = x.shape
-        j, r = feats.shape[-2], z.shape[-1]
-        out = x.new_empty(b, h, t, r)
-        buf = x.new_empty(min(rows, t), j, d)
-        for hi, bi, s, e in _blocks(h, b, t, rows):
-            p = torch.mul(x[bi, hi, s:e].unsqueeze(1), feats[hi, bi % feats.shape[1], s:e], out=buf[: e - s])
-            torch.mm(p.view(e - s, -1), z[hi], out=out[bi, hi, s:e])
-        ctx.save_for_backward(x, z, feats, pos)
-        ctx.rows, ctx.n_sines = rows, freq.shape[2]
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        x, z, feats, pos = ctx.saved_tensors
-        b, h, t, d = x.shape
-        j, k = feats.shape[-2], ctx.n_sines
-        need_x, need_z, need_f = ctx.needs_input_grad[:3]
-        tc = min(ctx.rows, t)
-        gp_buf, p_buf, ga_buf = x.new_empty(tc, j, d), x.new_empty(tc, j, d), x.new_empty(tc, k, d)
-        gx = x.new_empty(b, h, t, d) if need_x else None
-        gz = torch.zeros_like(z) if need_z else None
-        gf = x.new_zeros(h, pos.shape[-1], k * d) if need_f else None
-        pos = pos.to(x.dtype)
-        for hi, bi, s, e in _blocks(h, b, t, ctx.rows):
-            n, fe, xe, ge = e - s, feats[hi, bi % feats.shape[1], s:e], x[bi, hi, s:e].unsqueeze(1), g[bi, hi, s:e]
-            gp = torch.mm(ge, z[hi].t(), out=gp_buf[:n].view(n, -1)).view(n, j, d)  # d prod
-            if need_z:
-                p = torch.mul(xe, fe, out=p_buf[:n])
-                gz[hi].addmm_(p.view(n, -1).t(), ge)
-            if need_x:
-                torch.sum(torch.mul(gp, fe, out=p_buf[:n]), 1, out=gx[bi, hi, s:e])
-            if need_f:
-                gp.mul_(xe)  # d feats
-                ga = torch.mul(fe[:, :k], gp[:, k : 2 * k], out=ga_buf[:n])
-                ga.addcmul_(fe[:, k : 2 * k], gp[:, :k], value=-1)  # d angle
-                gf[hi].addmm_(pos[bi % pos.shape[0], s:e].t(), ga.view(n, -1))
-        if need_f:
-            gf = (gf * (2 * math.pi)).view(h, -1, k, d).permute(0, 3, 2, 1)
-        return gx, gz, gf, None, None, None
-
-
-def _blocks(h: int, b: int, t: int, rows: int):
-    for hi in range(h):
-        for bi in range(b):
-            for s in range(0, t, rows):
-                yield hi, bi, s, min(s + rows, t)
-
-
-def sine_mix(x: Tensor, z: Tensor, freq: Tensor, feats: Tensor, pos: Tensor, rows: int = 1024) -> Tensor:
-    """Same value and gradients as ``sine_mix_reference(x, feats, z)`` with feats =
-    ``sine_features(pos, freq)``, then optionally constant rows (J > 2K), given without a graph;
-    memory beyond the output: three (rows, J, D) buffers."""
-    return _SineMix.apply(x, z, freq, feats.detach(), pos, int(rows))
 
 
 class SineSPE(_GatedSPE):
@@ -170,7 +106,7 @@ class SineSPE(_GatedSPE):
     num_sines K=5, gated True, seed 0 (eval noise) [all INF/SPE music configs, A9].
     """
 
-    rows = 1024  # frames per block of ``sine_mix``: a (rows, 2K*D) fp32 buffer of 5 MB at K=5, D=128
+    rows = 1024  # frames per block of ``sine_mix_blocked``: a (rows, 2K*D) fp32 buffer of 5 MB at K=5, D=128
 
     def __init__(self, *, realizations: int = 64, num_sines: int = 5, gated: bool = True, seed: int = 0,
                  share_layers: bool = True, **structural):
@@ -194,7 +130,8 @@ class SineSPE(_GatedSPE):
         if pos.shape[0] > 1 and bool((pos == pos[:1]).all()):
             pos = pos[:1]  # the same positions in every window: one feature tensor for all
         freq = torch.sigmoid(self.freq_logit) / 2
-        with torch.no_grad():
+        kernel = self.kernels_for(pos).sine_mix != "reference"
+        with torch.no_grad() if kernel else contextlib.nullcontext():
             feats = sine_features(pos, freq)
             if self.gated:  # the gate's shared-noise term rides on a row of ones (transform_qk)
                 feats = torch.cat([feats, feats.new_ones(*feats.shape[:-2], 1, d)], -2)
@@ -230,7 +167,15 @@ class SineSPE(_GatedSPE):
             a, b = self._gate_scales(layer, q.dtype)
             a, b = a[:, None, :, None], (b.unsqueeze(-1) * u).unsqueeze(1)  # (H,1,D,1), (H,1,D,R)
             zq, zk = (torch.cat([z.view(h, -1, d, r) * a, b], 1).view(h, -1, r) for z in (zq, zk))
-        return sine_mix(q, zq, freq, feats, pos, self.rows), sine_mix(k, zk, freq, feats, pos, self.rows)
+        return self._mix(q, zq, freq, feats, pos), self._mix(k, zk, freq, feats, pos)
+
+    def _mix(self, x, z, freq, feats, pos):
+        form = self.kernels_for(x).sine_mix
+        if form == "blocked":
+            return kernels.sine_mix_blocked(x, z, freq, feats, pos, self.rows)
+        if form == "batched":
+            return kernels.sine_mix_batched(x, z, freq, feats, pos)
+        return sine_mix_reference(x, feats, z)
 
 
 class ConvSPE(_GatedSPE):
