@@ -234,3 +234,21 @@ def test_gs_s24_is_float64_at_bin_edges():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError):
         M.chroma_similarity(np.zeros((32, 128)), np.zeros((64, 128)))
+
+
+def test_ssm_sum_over_distinct_unit_pairs_equals_the_plain_u_by_u_mean():
+    # _ssm_mean_abs_diff sums over the distinct (target, prediction) unit pairs with their counts;
+    # the plain formula builds both U x U cosine matrices. Held chords repeat pairs, noise and
+    # empty units add distinct and zero rows.
+    rng = np.random.default_rng(3)
+    ct = np.repeat(rng.integers(0, 3, (2, 12, 12)), 8, axis=1).astype(np.float64)  # (2, 96, 12)
+    cp = ct.copy()
+    cp[rng.random(cp.shape) < 0.02] += 1
+    cp[:, :8] = 0
+    unit = lambda c: c / np.maximum(np.linalg.norm(c, axis=-1, keepdims=True), M.EPS)  # noqa: E731
+    for block in (5, 256):
+        for i in range(2):
+            st, sp = unit(ct[i]) @ unit(ct[i]).T, unit(cp[i]) @ unit(cp[i]).T
+            got = M._ssm_mean_abs_diff(cp[i : i + 1], ct[i : i + 1], block=block)[0]
+            assert got == pytest.approx(np.abs(st - sp).mean(), rel=1e-12, abs=1e-15)
+    assert M._ssm_mean_abs_diff(ct, ct).tolist() == [0.0, 0.0]

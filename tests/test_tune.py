@@ -53,6 +53,24 @@ def test_grid_default_is_paper_lr_grid_and_outputs(tmp_path):
     assert sorted(float(line.split(",")[3]) for line in lines[1:]) == [1e-4, 5e-4, 1e-3]
 
 
+def test_a_one_point_grid_is_its_best_without_training_a_trial(tmp_path, monkeypatch):
+    # the smoke overlay's one-point lr grid: nothing to choose, so no trial trains (a training
+    # run would raise here: base_cfg() has no data)
+    import stripes.train
+
+    monkeypatch.setattr(stripes.train, "train", lambda *a, **k: pytest.fail("a one-point grid trained a trial"))
+    spec = {"space": {"train.lr": {"type": "categorical", "choices": [1e-3]}}}
+    res = tune.run_study(base_cfg(), spec, "rope_c", "bin", tmp_path)
+    assert res["params"] == {"train.lr": 1e-3} and res["n_trials"] == 0 and res["value"] is None
+    assert "one-point" in res["skipped"] and not (tmp_path / "work" / "trials").exists()
+    assert json.loads((tmp_path / "best.json").read_text())["params"] == {"train.lr": 1e-3}
+    assert (tmp_path / "trials.csv").read_text().splitlines()[1:] == [] and (tmp_path / "study.journal").exists()
+    # two points, or a sampler that is not the grid, still tune
+    assert tune.only_point(tune.full_spec({"space": {"train.lr": {"type": "categorical", "choices": [1e-3, 1e-4]}}})) is None
+    assert tune.only_point(tune.full_spec({**spec, "sampler": "tpe", "n_trials": 1})) is None
+    assert tune.only_point(tune.full_spec({**spec, "n_trials": 2})) is None
+
+
 def test_same_best_on_rerun_tpe(tmp_path):
     spec = {**LOSS, "sampler": "tpe", "n_trials": 8, "space": {
         "train.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},

@@ -71,7 +71,7 @@ def dry_run_job_list(workdir: Path, *configfiles: str) -> set[tuple[str, str]]:
 
 def expected_job_counts(plan, fused: bool) -> Counter:
     once = ["fetch", "prepare", "mutual_information", "toy_kernels", "metric_floor", "mlflow_init",
-            "report_spec", "aggregate", "all"]
+            "report_spec", "aggregate", "listening_page", "all"]
     per_run = ["train_evaluate"] if fused else ["train", "evaluate"]
     return Counter({**dict.fromkeys(once, 1), "tune_config": len(plan.pairs), "tune": len(plan.pairs),
                     "resolve_run_config": len(plan.runs), **dict.fromkeys(per_run, len(plan.runs))})
@@ -126,7 +126,7 @@ def test_lint_is_clean_for_the_study_rules():
         proc = snakemake(ROOT, "--lint", "--nolock", *configs, timeout=300)
         out = proc.stdout + proc.stderr
         ours = {"mlflow_init", "tune_config", "tune", "resolve_run_config", "train", "evaluate", "train_evaluate",
-                "report_spec", "aggregate"}
+                "report_spec", "aggregate", "listening_page"}
         flagged = set(re.findall(r"Lints for rule (\w+)", out))
         assert not flagged & ours, out[-4000:]
         for f in ("common.smk", "tune.smk", "train.smk", "report.smk"):
@@ -170,18 +170,33 @@ def test_adding_a_pe_schedules_only_its_jobs(tmp_path):
     # the smoke overlay fuses train + evaluate (study.fuse_train_eval)
     assert counts == {"tune_config": 2, "tune": 2, "resolve_run_config": 4, "train_evaluate": 4}
     others = {r for r, _ in after} - {r for r, _ in heavy}
-    assert others <= {"report_spec", "aggregate", "all"}, others
+    assert others <= {"report_spec", "aggregate", "listening_page", "all"}, others
     assert "aggregate" in others
 
 
 # ------------------------------------------------------------------ the smoke study, end to end
 
 
+def _fewer_rows(work: Path) -> None:
+    """Every table of config/config.yaml kept, with fewer rows: the MI table, a product table
+    (2 PEs), a best-of table (that table's best RoPE and one more PE) and the F-StrIPE table (NoPE,
+    F-StrIPE on MCP, and S-SRPE's 16-bar-only row); 6 (pe, context) pairs x 2 seeds instead of
+    29 x 2, so the end-to-end test runs every rule of the smoke study in a fraction of its time."""
+    cfg = yaml.safe_load((work / "config" / "config.yaml").read_text())
+    t = cfg["tables"]
+    t["s26_table2"]["rows"] = [{"pes": ["rope_a", "rope_c"], "contexts": ["time"]}]
+    t["s26_table3"]["rows"] = [{"best_of": "s26_table2", "contexts": ["time"]}, {"pe": "fstripe1", "context": "rep"}]
+    t["f25_table1"]["rows"] = [{"pe": "nope", "context": "time"}, {"pe": "fstripe", "context": "mcp"},
+                               {"pe": "s_srpe", "context": "mcp", "settings": ["test_16"]}]
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
 @pytest.mark.slow
 def test_smoke_study_end_to_end(pop909_dir, structure_dir, tmp_path):
     env = {"STRIPES_POP909": str(pop909_dir), "STRIPES_POP909_STRUCTURE": str(structure_dir)}
     work = fresh_copy(tmp_path / "repo")
-    # No wall-clock assertion in a test: benchmarks/bench_study.py measures the smoke study's time.
+    _fewer_rows(work)
+    # No wall-clock assertion in a test: benchmarks/bench_study.py measures the whole smoke study's time.
     proc = snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", env=env, timeout=3600)
     (tmp_path / "snakemake.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
@@ -243,6 +258,10 @@ def test_smoke_study_end_to_end(pop909_dir, structure_dir, tmp_path):
     proc = snakemake(work, "--cores", "1", "--configfile", "config/smoke.yaml", "--report", "report.html", timeout=300, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert (work / "report.html").stat().st_size > 10000
+    # ... and the listening page, one player per table's best row with the sample and its target
+    page = (res / "tables" / "samples.html").read_text()
+    assert page.count("<audio controls") == 2 * len(plan.metric_tables) and "no audio" not in page
+    assert "samples.html" in (work / "report.html").read_text(errors="replace")
 
     # a second run does nothing
     proc = snakemake(work, "--cores", "2", "--configfile", "config/smoke.yaml", timeout=300, env=env)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stripes.fileio import atomic_path, atomic_write_text
+
 SAMPLE_RATE = 22050
 # Fixed tail after the last note-off: room for the release of the last notes, and the same
 # length whichever renderer ran (FluidSynth's own tail is about 2.5 s and not configurable).
@@ -84,13 +86,11 @@ def _write_wav(path: Path, mono: np.ndarray, rate: int = SAMPLE_RATE) -> None:
     x = mono * (PEAK / peak) if peak > 0 else mono
     pcm = np.clip(np.round(x * 32767), -32768, 32767).astype("<i2")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with wave.open(str(tmp), "wb") as w:
+    with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(pcm.tobytes())
-    os.replace(tmp, path)
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -283,9 +283,7 @@ def listening_page(clips: list[dict], out: str | Path, title: str = "stripes: sa
     parts.append("</body></html>")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, out)
+    atomic_write_text(out, "\n".join(parts))
     return out
 
 

@@ -30,6 +30,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from stripes.metrics import higher_is_better
+
 DEFAULT_THRESHOLDS = (0.2, 0.4, 0.5, 0.6, 0.8)
 SELECTION_RULES = ("fixed", "max_cs", "min_ssmd", "max_cs_sparse")
 DEFAULT_GAPS = (2, 4, 6, 8, 10, 12, 14)
@@ -129,11 +131,11 @@ def select(scores: Sequence[dict]) -> int:
     Args:
         scores: one dict per candidate (grid order) with mean validation ``cs`` and ``gs``.
     """
-    return _best(scores, range(len(scores)), "cs", higher=True)
+    return _best(scores, range(len(scores)), "cs")
 
 
-def _best(scores: Sequence[dict], idx: Sequence[int], metric: str, higher: bool) -> int:
-    sign = 1.0 if higher else -1.0
+def _best(scores: Sequence[dict], idx: Sequence[int], metric: str) -> int:
+    sign = 1.0 if higher_is_better(metric) else -1.0
     best = idx[0]
     for i in idx:
         key = (round(sign * float(scores[i][metric]), 9), round(float(scores[i]["gs"]), 9))
@@ -161,12 +163,12 @@ def select_rule(rule: str, grid: Sequence[Candidate], scores: Sequence[dict], fi
     if rule == "max_cs":
         return select(scores)
     if rule == "min_ssmd":
-        return _best(scores, allidx, "ssmd50", higher=False)
+        return _best(scores, allidx, "ssmd50")
     if rule == "max_cs_sparse":
         sparse = [i for i in allidx if scores[i]["density_pred"] <= scores[i]["density_tgt"]]
         if not sparse:
             return min(allidx, key=lambda i: (scores[i]["density_pred"], i))
-        return _best(scores, sparse, "cs", higher=True)
+        return _best(scores, sparse, "cs")
     raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(SELECTION_RULES)}")
 
 

@@ -181,7 +181,7 @@ def load_paper_rows(path: str | Path, rows=DEFAULT_PAPER_ROWS) -> list[dict]:
     out = []
     for table, pe, ctx, setting, label in rows:
         vals = {}
-        for metric in ("cs", "ssmd", "gs", "ndd"):
+        for metric in metmod.METRICS:
             key = (table, pe, ctx, setting, metric)
             if key not in ref:
                 raise KeyError(f"{path}: no row {','.join(key)}")

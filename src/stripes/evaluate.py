@@ -51,7 +51,6 @@ grid (every candidate's mean cs, ssmd50, gs, ndd, densities) goes to ``binarizat
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -80,7 +79,7 @@ from stripes.train import (
 # the eval section's defaults live in the config schema (stripes.schema.defaults("eval"))
 
 #: per-metric direction for the reference selection (True: higher is better)
-_HIGHER_IS_BETTER = {"cs": True, "ssmd50": False, "gs": True, "ndd": False}
+_HIGHER_IS_BETTER = {k: metmod.higher_is_better(k) for k in metmod.GRID_NAMES}
 
 
 def test_bars(cfg: dict) -> list[int]:
@@ -165,7 +164,7 @@ def eval_grid(ec: dict) -> list[binmod.Candidate]:
                                                                     key=binmod.STRATEGIES.index))
 
 
-_VAL_KEYS = ("cs", "gs", "ssmd50", "ndd", "density_pred", "density_tgt")
+_VAL_KEYS = (*metmod.GRID_NAMES, "density_pred", "density_tgt")
 
 
 def select_binarization(prob: np.ndarray, target: np.ndarray, ec: dict) -> tuple[dict[str, Any], list[dict], dict]:
@@ -204,7 +203,7 @@ def select_binarization(prob: np.ndarray, target: np.ndarray, ec: dict) -> tuple
         "selection": SELECTION_TEXT[rule].format(threshold=ec["threshold"]),
         "per_metric": per_metric,
     }
-    grid_rows = [{**c.as_dict(), **{k: s[k] for k in ("cs", "ssmd50", "gs", "ndd", "density_pred", "density_tgt")}}
+    grid_rows = [{**c.as_dict(), **{k: s[k] for k in _VAL_KEYS}}
                  for c, s in zip(grid, scores)]
     return block, grid_rows, rules
 
@@ -309,11 +308,6 @@ def write_window_csv(path: Path, songs: list, starts: list, per_window: dict[str
     for i, (song, start) in enumerate(zip(songs, starts)):
         lines.append(",".join([str(i), str(song), str(start), *(f"{per_window[k][i]:.6f}" for k in keys)]))
     atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def read_window_csv(path: str | os.PathLike) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def evaluate(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, device: str | None = None) -> dict:

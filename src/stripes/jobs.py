@@ -327,6 +327,8 @@ class TuneTracking:
     def study_finished(self, result: dict, out_dir: Path) -> None:
         tr, run_id = self.tracker, self.parent_run_id
         tr.log_metrics(run_id, {"best_value": result["value"], "n_complete": result["n_complete"]})
+        if result.get("skipped"):
+            tr.set_tag(run_id, "tune.skipped", result["skipped"])
         tr.log_params(run_id, {f"best.{k}": v for k, v in result["params"].items()})
         if "binarization" in result:
             tr.log_params(run_id, {f"best.binarization.{k}": result["binarization"][k]

@@ -175,11 +175,7 @@ def build_model(pe: str, context_dim: int, regular_grid: bool, model_cfg: dict |
     return Harmonizer(factory, context_dim, cfg)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 __all__ = [
-    "DEFAULTS", "Dropout", "Harmonizer", "build_model", "count_parameters", "resolve_model_cfg",
+    "DEFAULTS", "Dropout", "Harmonizer", "build_model", "resolve_model_cfg",
     "split_heads_reference",
 ]

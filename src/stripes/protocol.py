@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from stripes.binarize import SELECTION_RULES
+from stripes.metrics import GRID_NAMES
 from stripes.report import read_metrics
 
-COLUMNS = ("cs", "ssmd50", "gs", "ndd")
+COLUMNS = GRID_NAMES
 SETTINGS = ("test_16", "test_64")
 
 

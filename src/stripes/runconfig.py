@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from stripes.fileio import read_json, write_json
+from stripes.fileio import load_yaml, read_json, write_json
 from stripes.study import RUN_SECTIONS, SETTINGS, load_pe_registry
 
 
@@ -58,9 +58,8 @@ def load_run_config(path: str | Path) -> dict:
     """Read a resolved run config (JSON; YAML accepted for hand-written configs)."""
     text = Path(path).read_text()
     if str(path).endswith((".yaml", ".yml")):
-        import yaml
 
-        return yaml.safe_load(text)
+        return load_yaml(text)
     return json.loads(text)
 
 

@@ -45,9 +45,9 @@ def schema_file(name: str = "config") -> Traversable:
 
 @lru_cache(maxsize=None)
 def _load(name: str) -> dict:
-    import yaml
+    from stripes.fileio import load_yaml
 
-    return yaml.safe_load(schema_file(name).read_text())
+    return load_yaml(schema_file(name).read_text())
 
 
 def load_schema(name: str = "config") -> dict:
@@ -160,9 +160,9 @@ def validate_schema(cfg: dict, schema_path: str | Path | None = None) -> None:
     if schema_path is None:
         schema, label = _load("config"), "the config schema (stripes/resources/config.schema.yaml)"
     else:
-        import yaml
+        from stripes.fileio import load_yaml
 
-        schema, label = yaml.safe_load(Path(schema_path).read_text()), str(schema_path)
+        schema, label = load_yaml(Path(schema_path).read_text()), str(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:

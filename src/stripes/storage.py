@@ -131,9 +131,8 @@ def export_study_journal(from_storage, from_name: str, to_path: str | Path, to_n
     """
     import optuna
 
-    to_path = Path(to_path)
-    tmp = to_path.with_name(to_path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    optuna.copy_study(from_study_name=from_name, from_storage=from_storage,
-                      to_storage=journal_storage(tmp), to_study_name=to_name)
-    tmp.replace(to_path)
+    from stripes.fileio import atomic_path
+
+    with atomic_path(to_path) as tmp:
+        optuna.copy_study(from_study_name=from_name, from_storage=from_storage,
+                          to_storage=journal_storage(tmp), to_study_name=to_name)

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from stripes.fileio import load_yaml
 from stripes import schema
+from stripes.metrics import METRICS  # the metrics and their direction of "better"
 from stripes.schema import ConfigError, validate_schema
 
 #: the study config, relative to the working directory (the repository, where the workflow runs)
@@ -35,7 +36,6 @@ DEFAULT_CONFIG = Path("config") / "config.yaml"
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")  # lowercase snake_case, no "__", no "/"
 SETTINGS = {"test_16": "Train 16 / Test 16", "test_64": "Train 16 / Test 64"}
-METRICS = {"cs": "max", "ssmd": "min", "gs": "max", "ndd": "min"}  # direction of "better"
 RUN_SECTIONS = ("data", "model", "train", "eval")
 
 
@@ -65,7 +65,7 @@ def load_config(*paths: str | Path, validate: bool = True) -> dict:
     cfg: dict = {}
     for p in paths:
         with open(p) as fh:
-            cfg = deep_merge(cfg, yaml.safe_load(fh) or {})
+            cfg = deep_merge(cfg, load_yaml(fh.read()) or {})
     schema.fill_defaults(cfg)
     if validate:
         validate_schema(cfg)

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from stripes import device as devmod
-from stripes.fileio import atomic_torch_save, atomic_write_text
+from stripes.fileio import atomic_path, atomic_torch_save, atomic_write_text
 
 # the train section's defaults live in the config schema (stripes.schema.defaults("train"))
 
@@ -517,10 +517,9 @@ def plot_curves(out_dir: Path, history: list[dict], title: str = "") -> None:
     ax.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
-    tmp = out_dir / ".curves.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out_dir / "curves.png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out_dir / "curves.png")
 
 
 # ---------------------------------------------------------------------------- the loop

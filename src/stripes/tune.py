@@ -66,6 +66,7 @@ from typing import Any, Callable
 import optuna
 
 from stripes.fileio import read_json, write_json
+from stripes.metrics import higher_is_better
 from stripes.runconfig import config_hash, set_dotted, stable_seed
 from stripes.storage import (export_study_journal, journal_storage, open_optuna_storage, optuna_storage_settings,
                              study_name)
@@ -85,7 +86,8 @@ class NoTrialCompleted(RuntimeError):
 def selected_score(rule: str) -> tuple[str, str]:
     """(key of the ``binarization`` block, direction) that ``val_selected`` optimises under a
     selection rule: the validation SSMD for ``min_ssmd``, else the validation CS."""
-    return ("val_ssmd50", "minimize") if rule == "min_ssmd" else ("val_cs", "maximize")
+    key = "val_ssmd50" if rule == "min_ssmd" else "val_cs"
+    return key, "maximize" if higher_is_better(key) else "minimize"
 
 
 def direction(spec: dict, base_cfg: dict) -> str:
@@ -410,12 +412,50 @@ def run_study(
     study, storage = _open_study(work_journal, pe, context, spec, fingerprint, storage_settings, study_direction)
 
     total = n_trials_of(spec)
+    point = only_point(spec) if objective is None else None
     cb.study_started({"pe": pe, "context": context, "fingerprint": fingerprint, "base_cfg": base_cfg, "spec": spec,
-                      "sampler_seed": sampler_seed(pe, context), "n_trials": total})
-    if objective is None:
-        objective = train_objective(base_cfg, spec, out, cb)
-    objective = _recording_errors(objective)
+                      "sampler_seed": sampler_seed(pe, context), "n_trials": 0 if point is not None else total})
+    if point is not None:
+        result = _only_point_result(point, pe, context, spec, study_direction, fingerprint)
+    else:
+        result = _optimize(study, objective or train_objective(base_cfg, spec, out, cb), total, spec, pe, context,
+                           out, fingerprint, study_direction, cb)
+    write_trials_csv(study, out / "trials.csv")
+    if storage_settings["backend"] == "journal":
+        shutil.copyfile(work_journal, out / "study.journal")
+    else:  # RDB: the declared output is still a self-contained journal of the study
+        export_study_journal(storage, study.study_name, out / "study.journal", f"{pe}.{context}")
+    cb.study_finished(result, out)
+    write_json(result, out / "work" / LAST_GOOD)  # not an output: Snakemake never deletes it
+    write_json(result, out / "best.json")
+    return result
 
+
+def only_point(spec: dict) -> dict | None:
+    """The one point of a grid search space of one point run as one trial, else None.
+
+    Such a study has nothing to choose (the smoke overlay's one-point learning-rate grid): its
+    best.json is that point without training a trial, saving a training run per (pe, context).
+    """
+    if spec["sampler"] != "grid" or n_trials_of(spec) != 1:
+        return None
+    grid = grid_of(spec["space"])
+    if any(len(v) != 1 for v in grid.values()):
+        return None
+    return {k: v[0] for k, v in grid.items()}
+
+
+def _only_point_result(point: dict, pe: str, context: str, spec: dict, study_direction: str, fingerprint: str) -> dict:
+    return {"pe": pe, "context": context, "params": point, "value": None, "trial": None,
+            "objective": spec["objective"], "direction": study_direction, "sampler": spec["sampler"],
+            "sampler_seed": sampler_seed(pe, context), "n_trials": 0, "n_complete": 0, "resumed_with": 0,
+            "fingerprint": fingerprint, "skipped": "one-point search space: nothing to choose, no trial trained"}
+
+
+def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], total: int, spec: dict, pe: str,
+              context: str, out: Path, fingerprint: str, study_direction: str, cb: StudyCallbacks) -> dict:
+    """Run the missing trials of the study; the best completed one as best.json's dict."""
+    objective = _recording_errors(objective)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     missing = max(0, total - done)
     finished_ok = False
@@ -452,14 +492,6 @@ def run_study(
     }
     if "binarization" in best.user_attrs:
         result["binarization"] = best.user_attrs["binarization"]
-    write_trials_csv(study, out / "trials.csv")
-    if storage_settings["backend"] == "journal":
-        shutil.copyfile(work_journal, out / "study.journal")
-    else:  # RDB: the declared output is still a self-contained journal of the study
-        export_study_journal(storage, study.study_name, out / "study.journal", f"{pe}.{context}")
-    cb.study_finished(result, out)
-    write_json(result, out / "work" / LAST_GOOD)  # not an output: Snakemake never deletes it
-    write_json(result, out / "best.json")
     return result
 
 

@@ -1,5 +1,6 @@
 # report stage: the tables (CSV, Markdown, LaTeX; significance marks; the paper's numbers and
-# the difference), Figure 4 (MI vs in-domain performance) and an MLflow summary run.
+# the difference), Figure 4 (MI vs in-domain performance), an MLflow summary run and the listening
+# page (results/tables/samples.html: the best row of each table, played in the --report).
 # Tables are built from the metrics.json files of THIS DAG (never from all runs of the MLflow
 # experiment). A failed run (failure record, see train.smk) shows as a missing cell.
 # Reads only names of common.smk (MI_TABLE, TOY_FIGURE, EXPERIMENT, PLAN): any include order works.
@@ -59,3 +60,25 @@ rule aggregate:
 
 
 TARGETS += [rules.aggregate.output.record]
+
+
+if PLAN.metric_tables:
+
+    rule listening_page:
+        # The samples one can hear in the Snakemake --report: its viewer shows HTML results but
+        # offers WAV files only as downloads, so one self-contained page carries the players.
+        input:
+            spec=rules.report_spec.output[0],
+            tables=[f"{RESULTS}/tables/{n}.csv" for n in PLAN.metric_tables],
+        output:
+            report(f"{RESULTS}/tables/samples.html", caption="../report/samples.rst", category="Samples"),
+        log:
+            f"{RESULTS}/logs/listening_page.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/listening_page.tsv"
+        conda:
+            ENV
+        shell:
+            "{PYTHON} -m stripes.audio page --spec {input.spec:q} --out {output[0]:q} > {log:q} 2>&1"
+
+    TARGETS += [rules.listening_page.output[0]]

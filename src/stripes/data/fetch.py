@@ -32,6 +32,7 @@ from pathlib import Path
 
 from stripes.data.settings import load_settings
 from stripes.data.sources import POP909_COMMIT, SOURCES, STRUCTURE_COMMIT, Source
+from stripes.fileio import atomic_write_text
 
 __all__ = ["POP909_COMMIT", "SOURCES", "STRUCTURE_COMMIT", "DataError", "Source", "download", "load_manifest",
            "resolve", "verify"]
@@ -109,9 +110,7 @@ def verify(root: Path, source: Source, cache_dir: Path | None = None, threads: i
             ok[str(p)] = stamp
     if record_path:
         record_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ok))
-        tmp.replace(record_path)
+        atomic_write_text(record_path, json.dumps(ok))
     if bad:
         raise DataError(
             f"{source.name}: checksum mismatch for {len(bad)} file(s): {', '.join(bad[:5])}. "

@@ -38,6 +38,7 @@ from stripes.data.fetch import SOURCES, DataError, load_manifest, resolve
 from stripes.data.midi import SongError, load_pianoroll, melody_per_tick, seconds_to_ticks
 from stripes.data.settings import AUTHORS_DROPPED, load_settings
 from stripes.data.store import window_starts
+from stripes.fileio import atomic_write_text
 
 CODE_VERSION = "2"  # bump when the per-song derivation changes: invalidates the cache
 PER_SONG_KEYS = ("ticks_per_quarter", "chord_source")  # settings the per-song cache depends on
@@ -240,9 +241,7 @@ def prepare(settings: dict | None = None, jobs: int = 1, verify_files: bool = Tr
         for args in todo:
             metas[args[0]] = _worker(args)
     index.update(metas)
-    tmp = index_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(index))
-    tmp.replace(index_path)
+    atomic_write_text(index_path, json.dumps(index))
 
     songs = []
     for sid in kept:
@@ -320,9 +319,7 @@ def prepare(settings: dict | None = None, jobs: int = 1, verify_files: bool = Tr
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def report_markdown(r: dict) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stripes.fileio import load_yaml
 from stripes.data.sources import SOURCES
 
 # The authors' 43 dropped song ids (paper-spec §1.2): their 866 songs.
@@ -29,12 +30,11 @@ def load_settings(arg: str | dict | None = None) -> dict:
         if text.startswith("{"):
             given = json.loads(text)
         else:
-            import yaml
 
             path = Path(arg)
             if not path.exists():
                 raise FileNotFoundError(f"settings file {path} not found")
-            given = yaml.safe_load(path.read_text()) or {}
+            given = load_yaml(path.read_text()) or {}
             if "data" in given and isinstance(given["data"], dict):
                 given = given["data"]
     from stripes.schema import with_defaults

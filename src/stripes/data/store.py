@@ -63,17 +63,3 @@ def window(song: dict, start: int, W: int) -> tuple[np.ndarray, dict]:
     uint8 rather than bool: torch converts uint8 to float ~100x faster than bool."""
     roll = np.unpackbits(song["roll"][start: start + W], axis=1)
     return roll, {k: v[start: start + W] for k, v in song.items() if k != "roll"}
-
-
-def iter_windows(data_dir, splits=("train", "val", "test"), bars: int = 16):
-    """Yield (song, start, roll, streams) for every window of ``bars`` bars in ``splits``."""
-    p = Prepared(data_dir)
-    for split in splits:
-        for sid in p.split[split]:
-            starts = p.starts(sid, bars)
-            if len(starts) == 0:
-                continue
-            song = p.load(sid)
-            for s in starts:
-                roll, streams = window(song, s, 64 * bars)
-                yield sid, s, roll, streams

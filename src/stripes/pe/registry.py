@@ -75,8 +75,10 @@ def read_entries(path) -> dict:
     wrapper is accepted as well as a flat mapping."""
     import yaml
 
+    from stripes.fileio import load_yaml
+
     try:
-        data = yaml.safe_load(path.read_text() if hasattr(path, "read_text") else Path(path).read_text())
+        data = load_yaml(path.read_text() if hasattr(path, "read_text") else Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
         raise RegistryError(f"cannot read PE registry {path}: {err}") from err
     data = {} if data is None else data
