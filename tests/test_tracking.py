@@ -370,7 +370,9 @@ def test_tracking_through_an_mlflow_server_http_uri(tmp_path):
         stale = tr.start_run("rope_c/bin/seed0", tags=tags)
         rid = tr.start_run("rope_c/bin/seed0", tags=tags)
         assert tr.close_stale_runs(tags, rid) == [stale]
-        tr.log_params(rid, tracking.flatten(cfg))
+        from stripes.runconfig import flatten
+
+        tr.log_params(rid, flatten(cfg))
         tr.log_metrics(rid, {"val_loss": 0.5, "train_loss": 0.7}, step=3)
         (tmp_path / "metrics.json").write_text('{"test_16": {"cs": 1.0}}')
         tr.log_artifact(rid, tmp_path / "metrics.json")

@@ -119,18 +119,33 @@ def test_a_check_study_error_stops_the_dry_run(tmp_path):
     assert proc.returncode != 0 and "tables.s26_table2.rows[0]" in out and "unknown PE 'rope_q'" in out, out[-3000:]
 
 
+# Lints we keep on purpose: the job interpreter is one global of common.smk, PYTHON (the venv's
+# python, or the conda env's `python` under --use-conda), so that switching between the two never
+# reruns a job, which a params: entry would; and the rules that only write a JSON file are run:
+# blocks of Snakemake itself, with nothing to log.
+ACCEPTED_LINTS = {
+    "Shell command directly uses variable PYTHON from outside of the rule:": None,
+    "No log directive defined:": {"tune_config", "resolve_run_config", "report_spec"},
+}
+
+
 @pytest.mark.slow
 def test_lint_is_clean_for_the_study_rules():
     # two configs: the rules of train.smk depend on study.fuse_train_eval
     for configs in (["--configfile", "config/smoke.yaml"], []):
         proc = snakemake(ROOT, "--lint", "--nolock", *configs, timeout=300)
         out = proc.stdout + proc.stderr
-        ours = {"mlflow_init", "tune_config", "tune", "resolve_run_config", "train", "evaluate", "train_evaluate",
-                "report_spec", "aggregate", "listening_page"}
-        flagged = set(re.findall(r"Lints for rule (\w+)", out))
-        assert not flagged & ours, out[-4000:]
-        for f in ("common.smk", "tune.smk", "train.smk", "report.smk"):
-            assert f"Lints for snakefile {ROOT}/workflow/rules/{f}" not in out, out[-4000:]
+        problems = []
+        for block in re.split(r"\n(?=Lints for )", out):
+            m = re.match(r"Lints for (rule (\w+)|snakefile \S+)", block)
+            if not m:
+                continue
+            rule = m.group(2)
+            for lint in re.findall(r"^\s+\* (.+)$", block, re.MULTILINE):
+                allowed = ACCEPTED_LINTS.get(lint.strip(), ())
+                if not (lint.strip() in ACCEPTED_LINTS and (allowed is None or rule in allowed)):
+                    problems.append(f"{m.group(1)}: {lint.strip()}")
+        assert not problems, "\n".join(problems) + "\n" + out[-3000:]
 
 
 @pytest.mark.slow
@@ -179,15 +194,15 @@ def test_adding_a_pe_schedules_only_its_jobs(tmp_path):
 
 def _fewer_rows(work: Path) -> None:
     """Every table of config/config.yaml kept, with fewer rows: the MI table, a product table
-    (2 PEs), a best-of table (that table's best RoPE and one more PE) and the F-StrIPE table (NoPE,
-    F-StrIPE on MCP, and S-SRPE's 16-bar-only row); 6 (pe, context) pairs x 2 seeds instead of
-    29 x 2, so the end-to-end test runs every rule of the smoke study in a fraction of its time."""
+    (2 PEs), a best-of table (that table's best RoPE and one more PE, on another context) and the
+    F-StrIPE table (S-SRPE's 16-bar-only row, on MCP); 4 (pe, context) pairs x 2 seeds instead of
+    29 x 2, so the end-to-end test runs every rule of the smoke study in a fraction of its time
+    (benchmarks/bench_study.py runs and times the whole smoke study)."""
     cfg = yaml.safe_load((work / "config" / "config.yaml").read_text())
     t = cfg["tables"]
     t["s26_table2"]["rows"] = [{"pes": ["rope_a", "rope_c"], "contexts": ["time"]}]
     t["s26_table3"]["rows"] = [{"best_of": "s26_table2", "contexts": ["time"]}, {"pe": "fstripe1", "context": "rep"}]
-    t["f25_table1"]["rows"] = [{"pe": "nope", "context": "time"}, {"pe": "fstripe", "context": "mcp"},
-                               {"pe": "s_srpe", "context": "mcp", "settings": ["test_16"]}]
+    t["f25_table1"]["rows"] = [{"pe": "s_srpe", "context": "mcp", "settings": ["test_16"]}]
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
@@ -245,8 +260,9 @@ def test_smoke_study_end_to_end(pop909_dir, structure_dir, tmp_path):
     assert all(status[rid] == "FINISHED" for rid, t in tags.items() if t.get("stage") == "train")
     study_runs = [rid for rid, t in tags.items() if t.get("stage") == "tune" and t.get("role") == "study"]
     trial_runs = [rid for rid, t in tags.items() if t.get("stage") == "tune" and "mlflow.parentRunId" in t]
-    assert len(study_runs) == len(plan.pairs) and len(trial_runs) >= len(plan.pairs)
-    assert all(status[r] == "FINISHED" for r in study_runs + trial_runs)
+    # the smoke overlay's one-point lr grid: each study writes that point without a trial (stripes.tune.only_point)
+    assert len(study_runs) == len(plan.pairs) and trial_runs == []
+    assert all(status[r] == "FINISHED" and "one-point" in tags[r]["tune.skipped"] for r in study_runs)
     # each run records its id in a file of the DAG
     for pe, c, s in plan.runs:
         rec = json.loads((res / "train" / pe / c / f"seed{s}" / "mlflow_run.json").read_text())

@@ -71,7 +71,7 @@ if PLAN.metric_tables:
             spec=rules.report_spec.output[0],
             tables=[f"{RESULTS}/tables/{n}.csv" for n in PLAN.metric_tables],
         output:
-            report(f"{RESULTS}/tables/samples.html", caption="../report/samples.rst", category="Samples"),
+            page=report(f"{RESULTS}/tables/samples.html", caption="../report/samples.rst", category="Samples"),
         log:
             f"{RESULTS}/logs/listening_page.log",
         benchmark:
@@ -79,6 +79,6 @@ if PLAN.metric_tables:
         conda:
             ENV
         shell:
-            "{PYTHON} -m stripes.audio page --spec {input.spec:q} --out {output[0]:q} > {log:q} 2>&1"
+            "{PYTHON} -m stripes.audio page --spec {input.spec:q} --out {output.page:q} > {log:q} 2>&1"
 
-    TARGETS += [rules.listening_page.output[0]]
+    TARGETS += [rules.listening_page.output.page]
