@@ -61,13 +61,19 @@ def test_lr_factor_default_schedule_reaches_the_peak():
     assert f(1499) == 0.85**12
 
 
+def _scheduler_after(steps: int):
+    """SGD at lr 2.0 under LambdaLR(LRFactor(4 steps/epoch, 2 warm-up epochs, gamma 0.5)), stepped ``steps`` times."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.LRFactor(4, 2, 0.5))
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+    return opt, sched
+
+
 def test_lr_factor_state_roundtrips_through_lambdalr():
     # last.pt stores LambdaLR.state_dict(), which holds the factor's __dict__
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
-    a = torch.optim.lr_scheduler.LambdaLR(opt, T.LRFactor(4, 2, 0.5))
-    for _ in range(9):
-        opt.step()
-        a.step()
+    opt, a = _scheduler_after(9)
     state = a.state_dict()
     assert state["lr_lambdas"] == [{"steps_per_epoch": 4, "warmup_steps": 8, "gamma": 0.5}]
     opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
@@ -83,11 +89,7 @@ def test_lr_factor_state_roundtrips_through_lambdalr():
 
 def test_scheduler_state_of_an_older_last_pt_loads():
     # last.pt files written before the rename hold the factor's steps per epoch as "spe"
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
-    a = torch.optim.lr_scheduler.LambdaLR(opt, T.LRFactor(4, 2, 0.5))
-    for _ in range(9):
-        opt.step()
-        a.step()
+    opt, a = _scheduler_after(9)
     old = a.state_dict()
     old["lr_lambdas"] = [{"spe": 4, "warmup_steps": 8, "gamma": 0.5}]
     b = torch.optim.lr_scheduler.LambdaLR(opt, T.LRFactor(4, 2, 0.5))

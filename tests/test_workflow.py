@@ -119,14 +119,10 @@ def test_a_check_study_error_stops_the_dry_run(tmp_path):
     assert proc.returncode != 0 and "tables.s26_table2.rows[0]" in out and "unknown PE 'rope_q'" in out, out[-3000:]
 
 
-# Lints we keep on purpose: the job interpreter is one global of common.smk, PYTHON (the venv's
-# python, or the conda env's `python` under --use-conda), so that switching between the two never
-# reruns a job, which a params: entry would; and the rules that only write a JSON file are run:
-# blocks of Snakemake itself, with nothing to log.
-ACCEPTED_LINTS = {
-    "Shell command directly uses variable PYTHON from outside of the rule:": None,
-    "No log directive defined:": {"tune_config", "resolve_run_config", "report_spec"},
-}
+# The one lint we keep on purpose: the job interpreter is one global of common.smk, PYTHON (the
+# venv's python, or the conda env's `python` under --use-conda), so that switching between the two
+# never reruns a job, which a params: entry would.
+ACCEPTED_LINTS = {"Shell command directly uses variable PYTHON from outside of the rule:": None}
 
 
 @pytest.mark.slow

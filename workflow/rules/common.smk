@@ -21,9 +21,8 @@ import sys  # noqa: E402
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod  # noqa: E402
 
-from stripes.fileio import write_json  # noqa: E402
 from stripes.jobs import RECORD, as_json  # noqa: E402
-from stripes.runconfig import resolve_run_config, write_run_config  # noqa: E402
+from stripes.runconfig import resolve_run_config  # noqa: E402
 from stripes.study import ConfigError, check_study, load_pe_registry, report_spec  # noqa: E402
 from stripes.report import RETRY_PREFIX_ENV, dag_runs, report_failed_runs, retry_prefix  # noqa: E402
 

@@ -23,18 +23,23 @@ rule resolve_run_config:
     input:
         best=f"{RESULTS}/tune/{{pe}}/{{context}}/best.json",
     output:
-        f"{RESULTS}/runs/{{pe}}/{{context}}/seed{{seed}}/config.json",
-    # Written by Snakemake itself (stripes.runconfig.write_run_config): no job process for it.
+        config=f"{RESULTS}/runs/{{pe}}/{{context}}/seed{{seed}}/config.json",
+    # A light shell job (stripes.runconfig.write_run_config; see tune_config for why not run:).
     params:
         config=lambda wc: as_json(
             resolve_run_config(config, wc.pe, wc.context, int(wc.seed), "train", PE_REGISTRY,
                                settings=PLAN.settings.get((wc.pe, wc.context)))
         ),
+    log:
+        f"{RESULTS}/logs/resolve_run_config/{{pe}}/{{context}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/resolve_run_config/{{pe}}/{{context}}/seed{{seed}}.tsv"
     localrule: True
-    run:
-        write_run_config(params.config, input.best, output[0])
+    conda:
+        ENV
+    shell:
+        "{PYTHON} -m stripes.jobs run-config --base {params.config:q} --best {input.best:q} --out {output.config:q}"
+        " > {log:q} 2>&1"
 
 
 if not FUSE_TRAIN_EVAL:

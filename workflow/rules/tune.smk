@@ -32,7 +32,9 @@ rule mlflow_init:
 rule tune_config:
     # The study's resolved run config and tuning spec, passed to the tune job as files (so every
     # setting the job uses reaches it through params: and triggers a rerun when it changes).
-    # Written by Snakemake itself: no job process for a JSON dump.
+    # A shell job of a light process (stripes.jobs imports no torch: ~0.3 s), not a run: block:
+    # Snakemake 9 runs each run: job in a subprocess that parses the whole workflow again
+    # (2.5-4 s a job; docs/architecture.md, "Workflow layer").
     output:
         config=f"{RESULTS}/tune/{{pe}}/{{context}}/config.json",
         spec=f"{RESULTS}/tune/{{pe}}/{{context}}/spec.json",
@@ -42,12 +44,16 @@ rule tune_config:
                                settings=PLAN.settings.get((wc.pe, wc.context)))
         ),
         spec=as_json(config.get("tune", {})),
+    log:
+        f"{RESULTS}/logs/tune_config/{{pe}}/{{context}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tune_config/{{pe}}/{{context}}.tsv"
     localrule: True
-    run:
-        write_json(json.loads(params.config), output.config)
-        write_json(json.loads(params.spec), output.spec)
+    conda:
+        ENV
+    shell:
+        "{PYTHON} -m stripes.jobs write-json --json {params.config:q} --out {output.config:q}"
+        " --json {params.spec:q} --out {output.spec:q} > {log:q} 2>&1"
 
 
 rule tune:
