@@ -141,7 +141,6 @@ def _run_name(run: dict) -> str:
 def train_job(job: Job, config: str | Path, train_dir: str | Path, record: str | Path) -> dict:
     """Train one run with stripes.train.train, logging live into a new MLflow run."""
     from stripes.runconfig import flatten
-    from stripes.tracking import plot_curves
 
     cfg = job.config(config)
     out = Path(train_dir)
@@ -167,8 +166,6 @@ def train_job(job: Job, config: str | Path, train_dir: str | Path, record: str |
         from stripes.train import train
 
         summary = train(cfg, out, callback=callback) or {}
-        if events and not (out / "curves.png").exists():
-            plot_curves(events, out / "curves.png", f"{run['pe']} / {run['context']} / seed {run['seed']}")
         for name in ("curves.png", "curves.csv", "train.json"):
             tracker.log_artifact(run_id, out / name)
         summary_metrics = {f"summary.{k}": v for k, v in summary.items() if isinstance(v, (int, float))}

@@ -241,30 +241,6 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
 
-# ----------------------------------------------------------------------------- plots
-
-
-def plot_curves(events: list[dict], path: str | Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    steps = [e.get("step", i) for i, e in enumerate(events)]
-    for key in ("train_loss", "val_loss"):
-        ys = [e.get(key) for e in events]
-        if any(y is not None for y in ys):
-            ax.plot(steps, ys, marker=".", label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("BCE loss")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------- the UI
 
 

@@ -416,10 +416,14 @@ def run_study(
     cb.study_started({"pe": pe, "context": context, "fingerprint": fingerprint, "base_cfg": base_cfg, "spec": spec,
                       "sampler_seed": sampler_seed(pe, context), "n_trials": 0 if point is not None else total})
     if point is not None:
-        result = _only_point_result(point, pe, context, spec, study_direction, fingerprint)
+        outcome = {"params": point, "value": None, "trial": None, "n_trials": 0, "n_complete": 0, "resumed_with": 0,
+                   "skipped": "one-point search space: nothing to choose, no trial trained"}
     else:
-        result = _optimize(study, objective or train_objective(base_cfg, spec, out, cb), total, spec, pe, context,
-                           out, fingerprint, study_direction, cb)
+        outcome = _optimize(study, objective or train_objective(base_cfg, spec, out, cb), total, pe, context,
+                            out, fingerprint, study_direction, cb)
+    result = {"pe": pe, "context": context, "objective": spec["objective"], "direction": study_direction,
+              "sampler": spec["sampler"], "sampler_seed": sampler_seed(pe, context), "fingerprint": fingerprint,
+              **outcome}
     write_trials_csv(study, out / "trials.csv")
     if storage_settings["backend"] == "journal":
         shutil.copyfile(work_journal, out / "study.journal")
@@ -445,16 +449,10 @@ def only_point(spec: dict) -> dict | None:
     return {k: v[0] for k, v in grid.items()}
 
 
-def _only_point_result(point: dict, pe: str, context: str, spec: dict, study_direction: str, fingerprint: str) -> dict:
-    return {"pe": pe, "context": context, "params": point, "value": None, "trial": None,
-            "objective": spec["objective"], "direction": study_direction, "sampler": spec["sampler"],
-            "sampler_seed": sampler_seed(pe, context), "n_trials": 0, "n_complete": 0, "resumed_with": 0,
-            "fingerprint": fingerprint, "skipped": "one-point search space: nothing to choose, no trial trained"}
-
-
-def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], total: int, spec: dict, pe: str,
-              context: str, out: Path, fingerprint: str, study_direction: str, cb: StudyCallbacks) -> dict:
-    """Run the missing trials of the study; the best completed one as best.json's dict."""
+def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], total: int, pe: str, context: str,
+              out: Path, fingerprint: str, study_direction: str, cb: StudyCallbacks) -> dict:
+    """Run the missing trials of the study; the best completed trial's part of best.json (params,
+    value, trial, counts, its binarisation)."""
     objective = _recording_errors(objective)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     missing = max(0, total - done)
@@ -475,21 +473,8 @@ def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], t
             cb.study_failed(out)
     sign = -1.0 if study_direction == "maximize" else 1.0
     best = min(complete, key=lambda t: (sign * t.value, t.number))
-    result = {
-        "pe": pe,
-        "context": context,
-        "params": dict(best.params),
-        "value": best.value,
-        "trial": best.number,
-        "objective": spec["objective"],
-        "direction": study_direction,
-        "sampler": spec["sampler"],
-        "sampler_seed": sampler_seed(pe, context),
-        "n_trials": len(finished),
-        "n_complete": len(complete),
-        "resumed_with": done,
-        "fingerprint": fingerprint,
-    }
+    result = {"params": dict(best.params), "value": best.value, "trial": best.number, "n_trials": len(finished),
+              "n_complete": len(complete), "resumed_with": done}
     if "binarization" in best.user_attrs:
         result["binarization"] = best.user_attrs["binarization"]
     return result
