@@ -78,9 +78,6 @@ from stripes.train import (
 
 # the eval section's defaults live in the config schema (stripes.schema.defaults("eval"))
 
-#: per-metric direction for the reference selection (True: higher is better)
-_HIGHER_IS_BETTER = {k: metmod.higher_is_better(k) for k in metmod.GRID_NAMES}
-
 
 def test_bars(cfg: dict) -> list[int]:
     """Test window lengths in bars: ``eval.test_bars``, else the ``test_<bars>`` entries of
@@ -191,9 +188,9 @@ def select_binarization(prob: np.ndarray, target: np.ndarray, ec: dict) -> tuple
             i = searched[j]
         rules[rule] = {**grid[i].as_dict(), **{f"val_{k}": scores[i][k] for k in _VAL_KEYS}}
     per_metric = {}
-    for name, higher in _HIGHER_IS_BETTER.items():
+    for name in metmod.GRID_NAMES:
         vals = [scores[k][name] for k in searched]
-        j = searched[int(np.argmax(vals) if higher else np.argmin(vals))]
+        j = searched[int(np.argmax(vals) if metmod.higher_is_better(name) else np.argmin(vals))]
         per_metric[name] = {**grid[j].as_dict(), "value": scores[j][name]}
     rule = ec["selection"]
     block = {
