@@ -61,6 +61,15 @@ def _needs_real_data(item) -> bool:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_audio_renderings():
+    # stripes.audio keeps the last renderings of its process: a test that replaces a renderer
+    # (monkeypatch) must not get the rendering of an earlier test with the same MIDI file
+    from stripes import audio
+
+    audio._RENDERED.clear()
+
+
+@pytest.fixture(autouse=True)
 def _isolate_data_env(request, monkeypatch):
     if not _needs_real_data(request.node):
         for var in DATA_ENV_VARS:

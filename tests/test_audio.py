@@ -54,6 +54,27 @@ def test_render_is_audible_and_as_long_as_the_midi(tmp_path, renderer):
         assert _rms(x[sec * rate:(sec + 1) * rate]) > RMS_FLOOR, f"silent second {sec}"
 
 
+def test_the_same_midi_file_is_rendered_once_per_process(tmp_path, monkeypatch):
+    """A target window is the same MIDI file for every seed of a (pe, context); their runs share a
+    process (study.fuse_train_eval), which renders it once and writes each WAV from that."""
+    calls = []
+    real = audio._render_mono
+    monkeypatch.setattr(audio, "_render_mono", lambda path, choice: calls.append(path.name) or real(path, choice))
+    a = _song(tmp_path / "seed0" / "target.mid")
+    b = _song(tmp_path / "seed1" / "target.mid")  # the same bytes in another run's folder
+    assert a.read_bytes() == b.read_bytes()
+    assert audio.render(a, tmp_path / "a.wav", "numpy") == audio.render(b, tmp_path / "b.wav", "numpy") == "numpy"
+    assert calls == ["target.mid"] and (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    audio.render(b, tmp_path / "c.wav", "auto")  # another renderer choice: rendered again
+    roll = np.zeros((64, 128))
+    roll[0:48, 69] = 1
+    other = S.write_midi(tmp_path / "other.mid", {"PIANO": roll})  # other bytes: rendered again
+    audio.render(other, tmp_path / "d.wav", "numpy")
+    assert calls == ["target.mid", "target.mid", "other.mid"]
+    x, _ = audio.read_wav(tmp_path / "b.wav")
+    assert _rms(x) > RMS_FLOOR
+
+
 @pytest.mark.parametrize("renderer", RENDERERS)
 def test_render_plays_the_right_pitch(tmp_path, renderer):
     roll = np.zeros((64, 128))

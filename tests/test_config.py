@@ -62,6 +62,21 @@ def test_smoke_overlay_keeps_every_row(full, registry):
     assert len(p_smoke.runs) == 29 * 2
 
 
+def test_fused_jobs_need_the_same_seeds_for_every_pair(full, registry):
+    """study.fuse_train_eval runs every seed of a pair in one job, whose outputs are fixed patterns."""
+    smoke = sc.load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "smoke.yaml")
+    assert sc.fused_seeds(check(smoke, registry)) == [0, 1]
+    cfg = copy.deepcopy(smoke)
+    cfg["study"]["seeds"]["f25"] = [0]
+    msg = bad(cfg, registry, "study.fuse_train_eval: one job trains every seed of a (pe, context) pair, so all pairs "
+                             "need the same seeds, and here they differ (",
+              "fstripe/chord, fstripe/mcp, fstripe/melody ...: seeds [0]", ": seeds [0, 1]",
+              "Give every table the same seed set (study.seeds), or set study.fuse_train_eval: false")
+    assert msg.startswith("invalid study configuration:\n  study.fuse_train_eval")
+    cfg["study"]["fuse_train_eval"] = False  # separate jobs per run: any seeds
+    assert check(cfg, registry).seeds[("fstripe", "chord")] == [0]
+
+
 def test_quick_overlay_is_the_learning_scale_study(full, registry):
     quick = sc.load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "quick.yaml")
     plan = check(quick, registry)

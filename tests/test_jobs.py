@@ -108,6 +108,46 @@ def test_fused_train_eval_job_logs_both_into_one_run(experiment, tmp_path, monke
     assert run.data.metrics["summary.best_val_loss"] == 0.8 and run.data.tags["evaluated"] == "true"
 
 
+def test_fused_job_runs_every_seed_of_its_pair_each_in_its_own_run(experiment, tmp_path, monkeypatch):
+    """study.fuse_train_eval: one process per (pe, context), its seeds one after the other; a failed
+    seed is recorded (study.record_failures) and the next one still runs."""
+    fake_train = type(sys)("stripes.train")
+
+    def train(cfg, out_dir, callback=None):
+        if cfg["run"]["seed"] == 0:
+            raise RuntimeError("seed 0 diverged")
+        callback({"step": 1, "train_loss": 1.0, "val_loss": 0.7})
+        return {}
+
+    fake_train.train = train
+    fake_eval = type(sys)("stripes.evaluate")
+    fake_eval.evaluate = lambda cfg, checkpoint, out: {"test_16": {"cs": float(cfg["run"]["seed"])}}
+    monkeypatch.setitem(sys.modules, "stripes.train", fake_train)
+    monkeypatch.setitem(sys.modules, "stripes.evaluate", fake_eval)
+    seeds = (0, 1)
+    configs = [str(_config(tmp_path / f"config{s}.json", {"run": {"pe": "nope", "context": "time", "seed": s}}))
+               for s in seeds]
+
+    def paths(stage, name=""):
+        return [str(tmp_path / stage / f"seed{s}" / name) for s in seeds]
+
+    args = ["train-eval", "--config", *configs, "--train-dir", *paths("train"), "--eval-dir", *paths("eval"),
+            "--experiment", str(experiment), "--record", *paths("train", "mlflow_run.json"),
+            "--eval-record", *paths("eval", "mlflow_run.json"), "--record-failures"]
+    assert jobs.main(args) == 0
+    t0, t1 = (jobs.read_record(p) for p in paths("train", "mlflow_run.json"))
+    e0, e1 = (jobs.read_record(p) for p in paths("eval", "mlflow_run.json"))
+    assert t0["status"] == e0["status"] == "failed" and "seed 0 diverged" in t0["error"]
+    assert t1["status"] == e1["status"] == "ok" and t1["run_id"] == e1["run_id"] != t0["run_id"]
+    assert jobs.is_failed(jobs.read_record(paths("eval", "metrics.json")[0]))
+    client = tracking.Tracker.from_experiment_file(experiment).client
+    assert client.get_run(t0["run_id"]).info.status == "FAILED"
+    run = client.get_run(t1["run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["test_16.cs"] == 1.0 and run.data.tags["seed"] == "1"
+    with pytest.raises(SystemExit):  # one value per run for each list
+        jobs.main(args[:args.index("--eval-dir")] + ["--eval-dir", paths("eval")[0]] + args[args.index("--experiment"):])
+
+
 # ----------------------------------------------------------------------------- tune
 
 
@@ -138,6 +178,33 @@ def test_tune_job_keeps_a_parent_run_with_one_child_per_trial(experiment, tmp_pa
     assert {c.data.tags["optuna.state"] for c in children} == {"COMPLETE"}
     assert {c.info.status for c in children} == {"FINISHED"}
     assert json.loads((out / "work" / jobs.PARENT_POINTER).read_text())["run_id"] == rec["run_id"]
+
+
+def test_a_one_point_tune_job_imports_neither_torch_nor_mlflow_and_makes_no_run(experiment, tmp_path):
+    """The smoke overlay's one-point lr grid: nothing to tune, so its 29 tune jobs must not pay for
+    torch and mlflow (~5 s a job): best.json is the point, the record says why there is no run,
+    and the runs' config carries that reason (run.tuned.skipped) into their MLflow params."""
+    cfg = _config(tmp_path / "config.json", {"run": {"pe": "rope_c", "context": "bin", "seed": 0}, "train": {}})
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"space": {"train.lr": {"type": "categorical", "choices": [1e-3]}}}))
+    out, record = tmp_path / "tune", tmp_path / "tune" / "mlflow_run.json"
+    args = ["tune", "--config", str(cfg), "--spec", str(spec), "--pe", "rope_c", "--context", "bin", "--out", str(out),
+            "--experiment", str(experiment), "--record", str(record), "--threads", "1"]
+    code = ("import sys; from stripes.jobs import main; rc = main(sys.argv[1:]); "
+            "print(sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules)); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "['optuna']"
+    assert "rope_c/bin: a one-point search space, nothing to tune" in proc.stderr
+    rec = jobs.read_record(record)
+    assert rec["status"] == "ok" and rec["run_id"] is None and "one-point" in rec["skipped"]
+    assert json.loads((out / "best.json").read_text())["params"] == {"train.lr": 1e-3}
+    tr = tracking.Tracker.from_experiment_file(experiment)
+    assert tr.client.search_runs([tr.experiment_id]) == []
+    from stripes.runconfig import write_run_config
+
+    run_cfg = write_run_config(json.dumps({"run": {"pe": "rope_c"}, "train": {}}), out / "best.json", tmp_path / "r.json")
+    assert run_cfg["train"]["lr"] == 1e-3 and "one-point" in run_cfg["run"]["tuned"]["skipped"]
 
 
 def test_trial_killed_before_it_suggested_gets_its_grid_point_back(tmp_path):

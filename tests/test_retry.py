@@ -61,13 +61,16 @@ def test_retry_command_forces_the_records_as_files():
 def test_dag_runs_are_the_runs_of_the_train_and_evaluate_jobs():
     from types import SimpleNamespace
 
-    def job(rule, **wc):
-        return SimpleNamespace(rule=SimpleNamespace(name=rule), wildcards_dict=wc)
+    def job(rule, output=(), **wc):
+        return SimpleNamespace(rule=SimpleNamespace(name=rule), wildcards_dict=wc, output=list(output))
 
+    # study.fuse_train_eval's job has no seed wildcard: one job per (pe, context), its seeds in its outputs
+    fused = [f"results/{stage}/nope/bin/seed{s}/{name}" for s in (3, 4)
+             for stage, name in (("train", "mlflow_run.json"), ("eval", "metrics.json"), ("eval", "mlflow_run.json"))]
     jobs = [job("train", pe="ape", context="time", seed="0"), job("evaluate", pe="ape", context="time", seed="0"),
-            job("train_evaluate", pe="nope", context="bin", seed="3"), job("tune", pe="spe", context="time"),
+            job("train_evaluate", fused, pe="nope", context="bin"), job("tune", pe="spe", context="time"),
             job("resolve_run_config", pe="spe", context="time", seed="1"), job("aggregate")]
-    assert report.dag_runs(jobs) == [("ape", "time", 0), ("nope", "bin", 3)]
+    assert report.dag_runs(jobs) == [("ape", "time", 0), ("nope", "bin", 3), ("nope", "bin", 4)]
 
 
 def _write(path: Path, obj) -> None:
@@ -86,7 +89,8 @@ def _failed_run(results: Path, pe: str, stage: str, error: str, fused: bool) -> 
         _write(results / "train" / run / "mlflow_run.json", {"status": "ok"})
         _write(results / "eval" / run / "mlflow_run.json", {"status": "failed", "error": error})
         _write(results / "eval" / run / "metrics.json", {"status": "failed", "error": error})
-    log = results / "logs" / ("train_evaluate" if fused else stage) / f"{run}.log"
+    # study.fuse_train_eval: one job, and one log, per (pe, context)
+    log = results / "logs" / "train_evaluate" / f"{pe}/time.log" if fused else results / "logs" / stage / f"{run}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
 
@@ -107,7 +111,7 @@ def test_run_failure_names_the_stage_that_failed_and_its_log(tmp_path):
     assert report.run_failure(res, "spe", "time", 0) == {
         "pe": "spe", "context": "time", "seed": 0, "stage": "evaluate", "reason": "RuntimeError('out of memory')",
         "record": str(res / "eval/spe/time/seed0/mlflow_run.json"),
-        "log": str(res / "logs/train_evaluate/spe/time/seed0.log")}
+        "log": str(res / "logs/train_evaluate/spe/time.log")}
     assert report.run_failure(res, "nope", "time", 0) is None
     assert report.run_failure(res, "rope_a", "time", 0) is None  # not run yet: not a failure
     runs = [("ape", "time", 0), ("nope", "time", 0), ("rope_a", "time", 0), ("spe", "time", 0)]
@@ -159,7 +163,7 @@ def test_aggregate_lists_the_failure_with_the_workflows_retry_command(tmp_path, 
     retry = f"snakemake --cores 2 --configfile config/smoke.yaml --forcerun {tmp_path}/train/ape/time/seed0/mlflow_run.json"
     assert read_csv(tmp_path / "tables" / "failures.csv") == [{
         "pe": "ape", "context": "time", "seed": "0", "stage": "train", "reason": "NonFiniteLossError('x')",
-        "log": f"{tmp_path}/logs/train_evaluate/ape/time/seed0.log", "retry": retry}]
+        "log": f"{tmp_path}/logs/train_evaluate/ape/time.log", "retry": retry}]
     assert f"    retry: {retry}\n" in capsys.readouterr().err  # the aggregate job's log
 
 
@@ -226,7 +230,7 @@ def test_failed_run_is_reported_and_the_printed_retry_reruns_it(tuned, tmp_path,
     assert table["ape"]["cs_16_mean"] == ""
     rec = json.loads((work / RECORD).read_text())
     assert rec["status"] == "failed" and "NonFiniteLossError" in rec["error"]
-    log = f"results/logs/{'train_evaluate' if fused else 'train'}/ape/time/seed0.log"
+    log = "results/logs/train_evaluate/ape/time.log" if fused else "results/logs/train/ape/time/seed0.log"
     retry = f"snakemake --cores 2 --configfile config/smoke.yaml {overlay} --forcerun {RECORD}"
     end = out[out.rindex("stripes: 1 run of the study failed"):].splitlines()
     assert end[:4] == ["stripes: 1 run of the study failed; its table cells show – until retried:",

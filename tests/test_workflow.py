@@ -72,9 +72,10 @@ def dry_run_job_list(workdir: Path, *configfiles: str) -> set[tuple[str, str]]:
 def expected_job_counts(plan, fused: bool) -> Counter:
     once = ["fetch", "prepare", "mutual_information", "toy_kernels", "metric_floor", "mlflow_init",
             "report_spec", "aggregate", "listening_page", "all"]
-    per_run = ["train_evaluate"] if fused else ["train", "evaluate"]
+    # study.fuse_train_eval: one job per (pe, context) trains and evaluates all its seeds
+    per_run = {"train_evaluate": len(plan.pairs)} if fused else dict.fromkeys(["train", "evaluate"], len(plan.runs))
     return Counter({**dict.fromkeys(once, 1), "tune_config": len(plan.pairs), "tune": len(plan.pairs),
-                    "resolve_run_config": len(plan.runs), **dict.fromkeys(per_run, len(plan.runs))})
+                    "resolve_run_config": len(plan.runs), **per_run})
 
 
 def dry_run_job_counts(workdir: Path, *configfiles: Path) -> Counter:
@@ -93,7 +94,8 @@ def dry_run_job_counts(workdir: Path, *configfiles: Path) -> Counter:
 
 @pytest.mark.parametrize("overlay, fused", [("smoke.yaml", True), ("quick.yaml", False)], ids=["smoke", "quick"])
 def test_dag_matches_the_study_plan(overlay, fused, tmp_path):
-    """smoke fuses train + evaluate into one job per run, quick (like the full study) does not."""
+    """smoke fuses training and evaluation into one job per (pe, context), quick (like the full
+    study) has a train and an evaluate job per run."""
     from stripes.study import load_config, plan_study
 
     configs = (ROOT / "config" / "config.yaml", ROOT / "config" / overlay)
@@ -178,8 +180,8 @@ def test_adding_a_pe_schedules_only_its_jobs(tmp_path):
              if r in ("tune", "train", "evaluate", "train_evaluate", "tune_config", "resolve_run_config")}
     assert heavy and all("pe=rope_d" in w for _, w in heavy), sorted(heavy)
     counts = Counter(r for r, _ in heavy)
-    # the smoke overlay fuses train + evaluate (study.fuse_train_eval)
-    assert counts == {"tune_config": 2, "tune": 2, "resolve_run_config": 4, "train_evaluate": 4}
+    # the smoke overlay fuses training and evaluation into one job per pair (study.fuse_train_eval)
+    assert counts == {"tune_config": 2, "tune": 2, "resolve_run_config": 4, "train_evaluate": 2}
     others = {r for r, _ in after} - {r for r, _ in heavy}
     assert others <= {"report_spec", "aggregate", "listening_page", "all"}, others
     assert "aggregate" in others
@@ -243,7 +245,7 @@ def test_smoke_study_end_to_end(pop909_dir, structure_dir, tmp_path):
     with open(res / "tables" / "failures.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 0
 
-    # MLflow: one finished run per (pe, context, seed) + the tuning runs (parent + trials) + summary
+    # MLflow: one finished run per (pe, context, seed) + the summary run; no tuning run (one-point grid)
     db = sqlite3.connect(res / "mlflow" / "mlflow.db")
     tags = {}
     for run_uuid, key, value in db.execute("select run_uuid, key, value from tags"):
@@ -256,9 +258,11 @@ def test_smoke_study_end_to_end(pop909_dir, structure_dir, tmp_path):
     assert all(status[rid] == "FINISHED" for rid, t in tags.items() if t.get("stage") == "train")
     study_runs = [rid for rid, t in tags.items() if t.get("stage") == "tune" and t.get("role") == "study"]
     trial_runs = [rid for rid, t in tags.items() if t.get("stage") == "tune" and "mlflow.parentRunId" in t]
-    # the smoke overlay's one-point lr grid: each study writes that point without a trial (stripes.tune.only_point)
-    assert len(study_runs) == len(plan.pairs) and trial_runs == []
-    assert all(status[r] == "FINISHED" and "one-point" in tags[r]["tune.skipped"] for r in study_runs)
+    # the smoke overlay's one-point lr grid: each study writes that point without a trial
+    # (stripes.tune.only_point) and without an MLflow run; the runs say so in their params
+    assert study_runs == [] and trial_runs == []
+    skipped = dict(db.execute("select run_uuid, value from params where key = 'run.tuned.skipped'"))
+    assert all("one-point" in skipped.get(rid, "") for rid, t in tags.items() if t.get("stage") == "train")
     # each run records its id in a file of the DAG
     for pe, c, s in plan.runs:
         rec = json.loads((res / "train" / pe / c / f"seed{s}" / "mlflow_run.json").read_text())

@@ -16,12 +16,14 @@ duration plus :data:`TAIL_S` seconds, peak at :data:`PEAK`):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import wave
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -163,18 +165,40 @@ def _fluidsynth(midi_path: Path, n_frames: int, rate: int = SAMPLE_RATE) -> np.n
     return mono
 
 
+# The last few renderings of this process, by (MIDI file bytes, renderer choice, soundfont,
+# FluidSynth binary): a target window is the same MIDI file for every seed of a (pe, context), whose
+# runs share one process with study.fuse_train_eval (FluidSynth takes ~0.7 s for a 16-bar window).
+_RENDERED: OrderedDict[tuple, tuple[str, np.ndarray]] = OrderedDict()
+_RENDERED_MAX = 4
+
+
 def render(midi_path: str | Path, wav_path: str | Path, renderer: str | None = None) -> str:
     """Render one MIDI file to a mono 16-bit WAV; returns the renderer that wrote it.
 
     ``renderer``: ``auto`` (FluidSynth when installed and it produced sound, else numpy),
     ``fluidsynth`` (error when it cannot) or ``numpy``; default ``$STRIPES_AUDIO`` or ``auto``.
+    A file with the same bytes as one of the last few rendered in this process is not rendered
+    again: its WAV is written from that rendering.
     """
-    from miditoolkit.midi.parser import MidiFile
-
     choice = (renderer or os.environ.get("STRIPES_AUDIO") or "auto").lower()
     if choice not in ("auto", *RENDERERS):
         raise ValueError(f"unknown renderer {choice!r} (auto, {', '.join(RENDERERS)})")
     midi_path, wav_path = Path(midi_path), Path(wav_path)
+    key = (hashlib.sha256(midi_path.read_bytes()).digest(), choice, soundfont(), shutil.which("fluidsynth"))
+    if key not in _RENDERED:
+        _RENDERED[key] = _render_mono(midi_path, choice)
+        while len(_RENDERED) > _RENDERED_MAX:
+            _RENDERED.popitem(last=False)
+    _RENDERED.move_to_end(key)
+    used, mono = _RENDERED[key]
+    _write_wav(wav_path, mono)
+    return used
+
+
+def _render_mono(midi_path: Path, choice: str) -> tuple[str, np.ndarray]:
+    """(renderer that ran, mono samples) of one MIDI file (see :func:`render`)."""
+    from miditoolkit.midi.parser import MidiFile
+
     midi = MidiFile(str(midi_path))
     n = n_frames_for(midi_duration(midi))
     has_notes = any(inst.notes for inst in midi.instruments if not inst.is_drum)
@@ -184,14 +208,12 @@ def render(midi_path: str | Path, wav_path: str | Path, renderer: str | None = N
             # a soundfont without the needed preset renders silence: that is a failure here
             if has_notes and not np.any(mono):
                 raise RenderError("fluidsynth rendered silence")
-            _write_wav(wav_path, mono)
-            return "fluidsynth"
+            return "fluidsynth", mono
         except (RenderError, OSError, subprocess.SubprocessError) as exc:
             if choice == "fluidsynth":
                 raise
             print(f"stripes.audio: {exc}; using the numpy synthesiser for {midi_path.name}", file=sys.stderr)
-    _write_wav(wav_path, synth_numpy(midi, n))
-    return "numpy"
+    return "numpy", synth_numpy(midi, n)
 
 
 # ----------------------------------------------------------------------------- listening page

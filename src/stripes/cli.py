@@ -7,6 +7,7 @@ this file only dispatches, importing the module lazily so that light commands (`
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 
@@ -47,5 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     return int(module.main(rest) or 0)
 
 
+def exit_fast(rc: int) -> None:
+    """Exit with ``rc``, skipping the interpreter's last garbage collection of every object.
+
+    A job process that imported torch (with torch._dynamo, which ``torch.optim`` loads), mlflow
+    and matplotlib spends over a second after its last line collecting their objects one by one:
+    ``python -c "import torch, torch._dynamo, mlflow, matplotlib.pyplot"`` took 5.28 s, and 4.01 s
+    with ``gc.freeze()`` as its last line (mean of 4 runs each, idle 2-core machine); ~60 such jobs
+    make a smoke study. ``gc.freeze`` moves every live object to the permanent generation, which
+    the final collection skips; atexit handlers still run and files and streams close as usual.
+    """
+    gc.freeze()
+    sys.exit(rc)
+
+
+def run() -> None:
+    """The console script's entry point: :func:`main`, then :func:`exit_fast`."""
+    exit_fast(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

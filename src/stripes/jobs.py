@@ -7,7 +7,8 @@ owns, for all of them:
 * the job's start (:func:`start_job`): thread limits, device override, seeding, the MLflow
   tracker of the study's experiment and the failure policy; train and tune start the same way;
 * the MLflow runs: a train job's run (the evaluation logs into it), a study's parent run with one
-  child run per trial (:class:`TuneTracking`), the aggregate step's summary run;
+  child run per trial (:class:`TuneTracking`; none for a one-point search space, whose job imports
+  neither torch nor mlflow), the aggregate step's summary run;
 * the run records (``mlflow_run.json``; a failed evaluation's ``metrics.json``), written and read
   only here (:func:`write_record`, :func:`read_record`, :func:`is_failed`), and the failure policy
   (study.record_failures): a failed train or evaluate job writes a failure record and exits 0, or
@@ -19,7 +20,8 @@ Stages (``python -m stripes.jobs <stage>`` is the same)::
     stripes job init --tracking-uri URI --artifact-root DIR --experiment NAME --out experiment.json
     stripes job train --config C --train-dir D --experiment E --record R [--record-failures]
     stripes job evaluate --config C --train-dir D --eval-dir V --train-record T --experiment E --record R
-    stripes job train-eval --config C --train-dir D --eval-dir V --experiment E --record R --eval-record R2
+    stripes job train-eval --config C [C ...] --train-dir D [D ...] --eval-dir V [V ...] --experiment E
+                           --record R [R ...] --eval-record R2 [R2 ...]
     stripes job tune --config C --spec S --pe P --context X --out DIR --experiment E --record R
     stripes job aggregate --spec S --out results --experiment E --record R [--extra-artifact F ...]
     stripes job write-json --json TEXT --out FILE [--json TEXT --out FILE ...]
@@ -232,9 +234,24 @@ def evaluate_job(job: Job, config: str | Path, train_dir: str | Path, eval_dir: 
 
 def train_eval_job(job: Job, config: str | Path, train_dir: str | Path, eval_dir: str | Path,
                    record: str | Path, eval_record: str | Path, log_samples: bool = True) -> dict:
-    """study.fuse_train_eval: both jobs in one process (saves a second start: imports, tracking store)."""
+    """Train and evaluate one run in this process, logging both into one MLflow run."""
     train_job(job, config, train_dir, record)
     return evaluate_job(job, config, train_dir, eval_dir, record, eval_record, log_samples)
+
+
+def train_eval_runs(job: Job, configs: list, train_dirs: list, eval_dirs: list, records: list,
+                    eval_records: list, log_samples: bool = True) -> list[dict]:
+    """study.fuse_train_eval: every run of one (pe, context) pair, trained and evaluated in this
+    process, one after the other (each run as :func:`train_eval_job`: its own MLflow run, records
+    and failure policy). It saves the start of a process per run and per stage: importing torch,
+    torch._dynamo, mlflow and matplotlib and opening the tracking store took ~5.5 s, more than a
+    smoke run's training and evaluation. Each run reseeds from its own config (train()), so a run
+    gets the numbers it gets in a job of its own."""
+    lists = (configs, train_dirs, eval_dirs, records, eval_records)
+    if len({len(x) for x in lists}) != 1:
+        raise ValueError("train-eval: give as many --train-dir, --eval-dir, --record and --eval-record as --config "
+                         f"(got {', '.join(str(len(x)) for x in lists)})")
+    return [train_eval_job(job, *run, log_samples=log_samples) for run in zip(*lists)]
 
 
 # ----------------------------------------------------------------------------- tune
@@ -338,6 +355,14 @@ class TuneTracking:
             self.tracker.end_run(self.parent_run_id, "FAILED")
 
 
+def nothing_to_tune(spec: str | Path | None) -> bool:
+    """Whether the tuning spec at ``spec`` is a one-point grid (:func:`stripes.tune.only_point`):
+    its study trains no trial, so its job needs neither torch nor an MLflow run."""
+    from stripes.tune import full_spec, only_point
+
+    return only_point(full_spec(read_json(spec) if spec else None)) is not None
+
+
 def tune_job(job: Job, config: str | Path, spec: str | Path | None, pe: str, context: str, out_dir: str | Path,
              record: str | Path | None = None) -> dict:
     """One study (stripes.tune.run_study) with its MLflow runs; on success, its run record.
@@ -350,8 +375,9 @@ def tune_job(job: Job, config: str | Path, spec: str | Path | None, pe: str, con
     callbacks = TuneTracking(job.tracker, out_dir) if job.tracker is not None else None
     result = run_study(cfg, read_json(spec) if spec else None, pe, context, out_dir, callbacks=callbacks)
     if record:
+        extra = {"skipped": result["skipped"]} if result.get("skipped") else {}
         write_record(record, OK, run_id=callbacks.parent_run_id if callbacks else None, stage="tune", pe=pe,
-                     context=context, experiment_id=getattr(job.tracker, "experiment_id", None))
+                     context=context, experiment_id=getattr(job.tracker, "experiment_id", None), **extra)
     return result
 
 
@@ -416,18 +442,21 @@ def parser():
     p.add_argument("--out", required=True)
     for name in ("train", "evaluate", "train-eval"):
         p = sub.add_parser(name, help={"train": "train one run", "evaluate": "evaluate one trained run",
-                                       "train-eval": "train and evaluate one run in one process"}[name])
+                                       "train-eval": "train and evaluate runs one after the other in one process"
+                                       }[name])
         _job_options(p)
-        p.add_argument("--config", required=True, help="resolved run config (JSON)")
-        p.add_argument("--train-dir", required=True)
-        p.add_argument("--record", required=True, help=f"this job's run record ({RECORD})")
+        # train-eval takes one value per run for each of these, in the same order
+        many = {"nargs": "+"} if name == "train-eval" else {}
+        p.add_argument("--config", required=True, help="resolved run config (JSON)", **many)
+        p.add_argument("--train-dir", required=True, **many)
+        p.add_argument("--record", required=True, help=f"this job's run record ({RECORD})", **many)
         if name == "evaluate":
             p.add_argument("--train-record", required=True)
         if name != "train":
-            p.add_argument("--eval-dir", required=True)
+            p.add_argument("--eval-dir", required=True, **many)
             p.add_argument("--log-samples", action="store_true")
         if name == "train-eval":
-            p.add_argument("--eval-record", required=True)
+            p.add_argument("--eval-record", required=True, **many)
     p = sub.add_parser("tune", help="one Optuna study (pe, context)")
     add_study_arguments(p)
     _job_options(p, record_failures=False)
@@ -471,11 +500,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(init_tracking(args.tracking_uri, args.artifact_root, args.experiment, args.out)))
         return 0
 
+    if stage == "train-eval" and len({len(getattr(args, k)) for k in ("config", "train_dir", "eval_dir", "record",
+                                                                       "eval_record")}) != 1:
+        ap.error("train-eval: give one --train-dir, --eval-dir, --record and --eval-record per --config, in its order")
+
     from stripes.tracking import TrackingStoreError
 
-    seed = _run_seed(read_json(args.config)) if hasattr(args, "config") else None
+    first_config = args.config[0] if isinstance(getattr(args, "config", None), list) else getattr(args, "config", None)
+    seed = _run_seed(read_json(first_config)) if first_config else None
+    experiment = getattr(args, "experiment", None)
+    if stage == "tune" and nothing_to_tune(args.spec):
+        # no trial, so no torch, no seeding and no MLflow run: ~0.5 s instead of ~5 s a job
+        _say("tune", f"{args.pe}/{args.context}: a one-point search space, nothing to tune; best.json is that "
+                     "point, and no MLflow run is made (the runs log it as run.tuned.skipped)")
+        experiment = seed = None
     try:
-        job = start_job(stage, getattr(args, "experiment", None), getattr(args, "record_failures", False),
+        job = start_job(stage, experiment, getattr(args, "record_failures", False),
                         getattr(args, "threads", None), getattr(args, "device", None), seed)
         if stage == "train":
             rec = train_job(job, args.config, args.train_dir, args.record)
@@ -483,8 +523,9 @@ def main(argv: list[str] | None = None) -> int:
             rec = evaluate_job(job, args.config, args.train_dir, args.eval_dir, args.train_record, args.record,
                                args.log_samples)
         elif stage == "train-eval":
-            rec = train_eval_job(job, args.config, args.train_dir, args.eval_dir, args.record, args.eval_record,
-                                 args.log_samples)
+            recs = train_eval_runs(job, args.config, args.train_dir, args.eval_dir, args.record, args.eval_record,
+                                   args.log_samples)
+            rec = {"runs": [{k: r.get(k) for k in ("pe", "context", "seed", "status", "run_id")} for r in recs]}
         elif stage == "tune":
             from stripes.tune import NoTrialCompleted
 
@@ -511,4 +552,6 @@ def as_json(obj) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from stripes.cli import exit_fast
+
+    exit_fast(main())

@@ -625,7 +625,9 @@ def run_failure(results: str | Path, pe: str, context: str, seed: int) -> dict |
         stage, record, reason = "evaluate", eval_rec, metrics.get("error")
     else:
         return None
-    logs = [results / "logs" / rule / f"{pe}/{context}/seed{seed}.log" for rule in ("train_evaluate", stage)]
+    # study.fuse_train_eval's one job per (pe, context) writes one log for the pair's runs
+    logs = [results / "logs" / "train_evaluate" / f"{pe}/{context}.log",
+            results / "logs" / stage / f"{pe}/{context}/seed{seed}.log"]
     log = next((p for p in logs if p.exists()), logs[1])
     return {"pe": pe, "context": context, "seed": int(seed), "stage": stage,
             "reason": _one_line(reason or "failed"), "record": str(record), "log": str(log)}
@@ -676,8 +678,15 @@ RUN_RULES = ("train", "evaluate", "train_evaluate")
 def dag_runs(jobs) -> list[tuple[str, str, int]]:
     """(pe, context, seed) of every run with a job among ``jobs`` (Snakemake's workflow.dag.jobs): the
     handlers report the runs of this invocation only, not those its targets leave out."""
-    runs = {(j.wildcards_dict["pe"], j.wildcards_dict["context"], int(j.wildcards_dict["seed"]))
-            for j in jobs if j.rule.name in RUN_RULES}
+    runs = set()
+    for j in jobs:
+        if j.rule.name not in RUN_RULES:
+            continue
+        w = j.wildcards_dict
+        if "seed" in w:
+            runs.add((w["pe"], w["context"], int(w["seed"])))
+        else:  # study.fuse_train_eval: one job per (pe, context); its outputs name its runs' seeds
+            runs |= {(w["pe"], w["context"], int(s)) for s in re.findall(r"/seed(\d+)/", " ".join(map(str, j.output)))}
     return sorted(runs)
 
 

@@ -96,5 +96,7 @@ def write_run_config(base_json: str, best: str | Path, out: str | Path) -> dict:
     for key, value in best_d["params"].items():
         set_dotted(cfg, key, value)
     cfg["run"]["tuned"] = {"params": best_d["params"], "value": best_d["value"], "trial": best_d["trial"]}
+    if best_d.get("skipped"):  # a one-point space: no tuning run in MLflow, so the run says why
+        cfg["run"]["tuned"]["skipped"] = best_d["skipped"]
     write_json(cfg, out)
     return cfg

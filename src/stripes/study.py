@@ -417,7 +417,27 @@ def check_study(cfg: dict, registry: dict | None = None, root: str | Path | None
             if e not in seen:
                 seen.append(e)
         raise ConfigError("invalid study configuration:\n" + "\n".join(f"  {e}" for e in seen))
-    return plan_study(cfg)
+    plan = plan_study(cfg)
+    if study.get("fuse_train_eval"):
+        fused_seeds(plan)  # raises when the pairs' seeds differ
+    return plan
+
+
+def fused_seeds(plan: StudyPlan) -> list[int]:
+    """The seeds of every (pe, context) pair, which ``study.fuse_train_eval`` needs to be the same:
+    its one job per pair declares one output per seed, and a Snakemake rule's outputs are fixed
+    patterns. Raises ConfigError naming the pairs whose seeds differ and how to fix it."""
+    sets: dict[tuple[int, ...], list[tuple[str, str]]] = {}
+    for pair, seeds in sorted(plan.seeds.items()):
+        sets.setdefault(tuple(seeds), []).append(pair)
+    if len(sets) > 1:
+        which = "; ".join(f"{', '.join(f'{pe}/{c}' for pe, c in pairs[:3])}{' ...' if len(pairs) > 3 else ''}: "
+                          f"seeds {list(seeds)}" for seeds, pairs in sets.items())
+        raise ConfigError(
+            "invalid study configuration:\n  study.fuse_train_eval: one job trains every seed of a (pe, context) "
+            f"pair, so all pairs need the same seeds, and here they differ ({which}). Give every table the same "
+            "seed set (study.seeds), or set study.fuse_train_eval: false")
+    return list(next(iter(sets), ()))
 
 
 def tune_key_problems(tune: dict) -> list[str]:

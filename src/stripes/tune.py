@@ -439,7 +439,8 @@ def only_point(spec: dict) -> dict | None:
     """The one point of a grid search space of one point run as one trial, else None.
 
     Such a study has nothing to choose (the smoke overlay's one-point learning-rate grid): its
-    best.json is that point without training a trial, saving a training run per (pe, context).
+    best.json is that point without training a trial, saving a training run per (pe, context);
+    its job (:func:`stripes.jobs.nothing_to_tune`) imports neither torch nor mlflow.
     """
     if spec["sampler"] != "grid" or n_trials_of(spec) != 1:
         return None

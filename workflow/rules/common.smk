@@ -23,7 +23,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod  # no
 
 from stripes.jobs import RECORD, as_json  # noqa: E402
 from stripes.runconfig import resolve_run_config  # noqa: E402
-from stripes.study import ConfigError, check_study, load_pe_registry, report_spec  # noqa: E402
+from stripes.study import ConfigError, check_study, fused_seeds, load_pe_registry, report_spec  # noqa: E402
 from stripes.report import RETRY_PREFIX_ENV, dag_runs, report_failed_runs, retry_prefix  # noqa: E402
 
 if workflow.is_main_process:
@@ -57,6 +57,8 @@ MI_TABLE = f"{RESULTS}/tables/mutual_information.csv"  # data.smk's mutual_infor
 TOY_FIGURE = f"{RESULTS}/figures/toy_kernels.png"  # analysis.smk's toy_kernels (paper Figs. 2-3)
 RECORD_FAILURES = bool(config.get("study", {}).get("record_failures", True))
 FUSE_TRAIN_EVAL = bool(config.get("study", {}).get("fuse_train_eval", False))
+# with it, one job per (pe, context) runs these seeds (check_study has checked that all pairs share them)
+FUSED_SEEDS = fused_seeds(PLAN) if FUSE_TRAIN_EVAL else []
 # `gpu` resource requested by each tune/train/evaluate job (capped by the profile): 1 on a GPU
 # machine; the CPU smoke overlay sets 0 so those jobs run in parallel on the cores.
 GPU = int(config.get("study", {}).get("gpus_per_job", 1))

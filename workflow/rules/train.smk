@@ -105,26 +105,32 @@ if not FUSE_TRAIN_EVAL:
 
 else:
     rule train_evaluate:
-        # study.fuse_train_eval (the smoke overlay): train and evaluate in ONE process, logging to the
-        # same MLflow run; saves the ~4 s of imports (torch, mlflow) and tracking-store start of a
-        # separate evaluate job per run, which dominate a CPU smoke study of ~60 runs of a few steps.
+        # study.fuse_train_eval (the smoke overlay): every run of a (pe, context) pair, trained and
+        # evaluated in ONE process, seed after seed, each into its own MLflow run. A process start
+        # (torch, torch._dynamo, mlflow, matplotlib, the tracking store: ~5.5 s) costs more than a
+        # smoke run's training and evaluation; outputs, records and retries stay per run
+        # (`--forcerun` of one run's record reruns the pair: its other runs resume at their end).
         input:
-            config=rules.resolve_run_config.output[0],
+            configs=expand(f"{RESULTS}/runs/{{pe}}/{{context}}/seed{{seed}}/config.json", seed=FUSED_SEEDS,
+                           allow_missing=True),
             experiment=EXPERIMENT,
             data=PREPARED_DATA,
         output:
-            record=f"{RESULTS}/train/{{pe}}/{{context}}/seed{{seed}}/{RECORD}",
-            metrics=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/metrics.json",
-            eval_record=f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/{RECORD}",
+            records=expand(f"{RESULTS}/train/{{pe}}/{{context}}/seed{{seed}}/{RECORD}", seed=FUSED_SEEDS,
+                           allow_missing=True),
+            metrics=expand(f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/metrics.json", seed=FUSED_SEEDS,
+                           allow_missing=True),
+            eval_records=expand(f"{RESULTS}/eval/{{pe}}/{{context}}/seed{{seed}}/{RECORD}", seed=FUSED_SEEDS,
+                                allow_missing=True),
         params:
-            train_dir=lambda wc, output: str(Path(output.record).parent),
-            eval_dir=lambda wc, output: str(Path(output.metrics).parent),
+            train_dirs=lambda wc, output: [str(Path(p).parent) for p in output.records],
+            eval_dirs=lambda wc, output: [str(Path(p).parent) for p in output.metrics],
             record_failures="--record-failures" if RECORD_FAILURES else "",
             log_samples="--log-samples" if config["mlflow"].get("log_samples", True) else "",
         log:
-            f"{RESULTS}/logs/train_evaluate/{{pe}}/{{context}}/seed{{seed}}.log",
+            f"{RESULTS}/logs/train_evaluate/{{pe}}/{{context}}.log",
         benchmark:
-            f"{RESULTS}/benchmarks/train_evaluate/{{pe}}/{{context}}/seed{{seed}}.tsv"
+            f"{RESULTS}/benchmarks/train_evaluate/{{pe}}/{{context}}.tsv"
         threads: 1
         resources:
             gpu=GPU,
@@ -133,10 +139,10 @@ else:
         shell:
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
             " MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647"
-            " {PYTHON} -m stripes.jobs train-eval --config {input.config:q}"
-            " --train-dir {params.train_dir:q} --eval-dir {params.eval_dir:q}"
-            " --experiment {input.experiment:q} --record {output.record:q}"
-            " --eval-record {output.eval_record:q} {params.record_failures} {params.log_samples}"
+            " {PYTHON} -m stripes.jobs train-eval --config {input.configs:q}"
+            " --train-dir {params.train_dirs:q} --eval-dir {params.eval_dirs:q}"
+            " --experiment {input.experiment:q} --record {output.records:q}"
+            " --eval-record {output.eval_records:q} {params.record_failures} {params.log_samples}"
             " --threads {threads} > {log:q} 2>&1"
 
 

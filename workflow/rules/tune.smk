@@ -1,6 +1,8 @@
 # tune stage: one Optuna study per unique (pe, context) of the study's tables (stripes.tune).
 # Trials are serial inside a job; parallelism comes from running many studies at once.
-# The study journal is an output of its own job (never shared between jobs).
+# The study journal is an output of its own job (never shared between jobs). A one-point search
+# space (the smoke overlay's) trains no trial: its job writes that point without importing torch or
+# mlflow and makes no MLflow run (stripes.jobs.nothing_to_tune).
 
 
 # glibc keeps freed memory for reuse instead of unmapping it (no page faults on every CPU step's
