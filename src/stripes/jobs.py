@@ -239,19 +239,15 @@ def train_eval_job(job: Job, config: str | Path, train_dir: str | Path, eval_dir
     return evaluate_job(job, config, train_dir, eval_dir, record, eval_record, log_samples)
 
 
-def train_eval_runs(job: Job, configs: list, train_dirs: list, eval_dirs: list, records: list,
-                    eval_records: list, log_samples: bool = True) -> list[dict]:
+def train_eval_runs(job: Job, runs: list[tuple], log_samples: bool = True) -> list[dict]:
     """study.fuse_train_eval: every run of one (pe, context) pair, trained and evaluated in this
-    process, one after the other (each run as :func:`train_eval_job`: its own MLflow run, records
-    and failure policy). It saves the start of a process per run and per stage: importing torch,
-    torch._dynamo, mlflow and matplotlib and opening the tracking store took ~5.5 s, more than a
-    smoke run's training and evaluation. Each run reseeds from its own config (train()), so a run
-    gets the numbers it gets in a job of its own."""
-    lists = (configs, train_dirs, eval_dirs, records, eval_records)
-    if len({len(x) for x in lists}) != 1:
-        raise ValueError("train-eval: give as many --train-dir, --eval-dir, --record and --eval-record as --config "
-                         f"(got {', '.join(str(len(x)) for x in lists)})")
-    return [train_eval_job(job, *run, log_samples=log_samples) for run in zip(*lists)]
+    process, one after the other; ``runs`` holds :func:`train_eval_job`'s (config, train_dir,
+    eval_dir, record, eval_record) of each (its own MLflow run, records and failure policy). It
+    saves the start of a process per run and per stage: importing torch, torch._dynamo, mlflow and
+    matplotlib and opening the tracking store took ~5.5 s, more than a smoke run's training and
+    evaluation. Each run reseeds from its own config (train()), so a run gets the numbers it gets
+    in a job of its own."""
+    return [train_eval_job(job, *run, log_samples=log_samples) for run in runs]
 
 
 # ----------------------------------------------------------------------------- tune
@@ -500,13 +496,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(init_tracking(args.tracking_uri, args.artifact_root, args.experiment, args.out)))
         return 0
 
-    if stage == "train-eval" and len({len(getattr(args, k)) for k in ("config", "train_dir", "eval_dir", "record",
-                                                                       "eval_record")}) != 1:
-        ap.error("train-eval: give one --train-dir, --eval-dir, --record and --eval-record per --config, in its order")
+    if stage == "train-eval":
+        per_run = [args.config, args.train_dir, args.eval_dir, args.record, args.eval_record]
+        if len({len(x) for x in per_run}) != 1:
+            ap.error("train-eval: give one --train-dir, --eval-dir, --record and --eval-record per --config, "
+                     "in its order")
 
     from stripes.tracking import TrackingStoreError
 
-    first_config = args.config[0] if isinstance(getattr(args, "config", None), list) else getattr(args, "config", None)
+    config = getattr(args, "config", None)
+    first_config = config[0] if isinstance(config, list) else config
     seed = _run_seed(read_json(first_config)) if first_config else None
     experiment = getattr(args, "experiment", None)
     if stage == "tune" and nothing_to_tune(args.spec):
@@ -523,8 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             rec = evaluate_job(job, args.config, args.train_dir, args.eval_dir, args.train_record, args.record,
                                args.log_samples)
         elif stage == "train-eval":
-            recs = train_eval_runs(job, args.config, args.train_dir, args.eval_dir, args.record, args.eval_record,
-                                   args.log_samples)
+            recs = train_eval_runs(job, list(zip(*per_run)), args.log_samples)
             rec = {"runs": [{k: r.get(k) for k in ("pe", "context", "seed", "status", "run_id")} for r in recs]}
         elif stage == "tune":
             from stripes.tune import NoTrialCompleted
